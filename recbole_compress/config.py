@@ -1,0 +1,99 @@
+"""recbole_compress.config: RecBole's Config, aware of the plugin's models and property files.
+
+Resolution order of the internal (default) configuration, each later file overriding the earlier ones:
+
+1. RecBole's own files, exactly as RecBole loads them (overall, the model's RecBole YAML if any, dataset, and the
+   quick-start file of the model type, e.g. ``sequential.yaml``);
+2. the plugin's ``properties/overall.yaml``;
+3. the plugin's ``properties/quick_start_config/sequential_base.yaml`` (``train_neg_sample_args: ~``), only for a
+   sequential model trained with the CE loss, so that pairwise baselines such as FPMC keep their negative sampling;
+4. the plugin's ``properties/dataset/<dataset>.yaml``;
+5. the plugin's ``properties/model/<Model>.yaml``;
+6. the plugin's ``properties/quick_start_config/<Model>_on_<dataset>.yaml`` (dataset settings one model needs, e.g.
+   LSAN's item categories on ml-100k), like RecBole's ``special_sequential_on_ml-100k.yaml``.
+
+The external configuration then wins over all of it, as in RecBole: command line > ``config_dict`` > config files.
+"""
+import os
+
+from recbole.config import Config as RecBoleConfig
+from recbole.utils import InputType, ModelType
+
+from recbole_compress import properties_path
+from recbole_compress.utils import ConfigError, get_model
+
+
+class Config(RecBoleConfig):
+    """RecBole's Config with plugin model look-up and the plugin's property files loaded after RecBole's.
+
+    Args:
+        model (str or class): model name (plugin or RecBole, case-insensitive, aliases allowed) or model class.
+        dataset (str): dataset name.
+        config_file_list (list of str): YAML files; a missing file is a :class:`ConfigError`.
+        config_dict (dict): parameters.
+        read_cmd_line (bool): read ``--key=value`` from ``sys.argv`` as RecBole does (default). Our CLI passes its
+            own parsed overrides as ``config_dict`` and sets this to False; so do Ray Tune workers, whose ``sys.argv``
+            belongs to Ray.
+    """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, read_cmd_line=True):
+        self._read_cmd_line = read_cmd_line
+        for file in config_file_list or []:
+            if not os.path.isfile(file):
+                raise ConfigError(f"config file {file!r} does not exist (given in config_file_list / --config_files)")
+        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+
+    def _load_cmd_line(self):
+        if not self._read_cmd_line:
+            return dict()
+        return super()._load_cmd_line()
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise ConfigError("model must be given: as the model argument, in a config file, config_dict or --model")
+        model_class = get_model(model)
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+            if dataset is None:
+                raise ConfigError("dataset must be given: as the dataset argument, in a config file, config_dict or --dataset")
+        return model_class.__name__, model_class, dataset
+
+    def _plugin_loss_is_ce(self, model_class, plugin_model_yaml):
+        if getattr(model_class, "input_type", None) == InputType.PAIRWISE:
+            return False
+        loss = self.external_config_dict.get("loss_type")
+        if loss is None:
+            loss = (plugin_model_yaml or {}).get("loss_type")
+        if loss is None:
+            loss = self.internal_config_dict.get("loss_type")
+        return str(loss).upper() == "CE"
+
+    def _read_yaml(self, path):
+        import yaml
+
+        with open(path, "r", encoding="utf-8") as f:
+            return yaml.load(f.read(), Loader=self.yaml_loader) or {}
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        model_file = properties_path("model", f"{model}.yaml")
+        plugin_model_yaml = self._read_yaml(model_file) if os.path.isfile(model_file) else None
+        files = [properties_path("overall.yaml")]
+        if self.internal_config_dict["MODEL_TYPE"] == ModelType.SEQUENTIAL and self._plugin_loss_is_ce(
+            model_class, plugin_model_yaml
+        ):
+            files.append(properties_path("quick_start_config", "sequential_base.yaml"))
+        dataset_file = properties_path("dataset", f"{dataset}.yaml")
+        files += [
+            dataset_file,
+            model_file,
+            properties_path("quick_start_config", f"{model}_on_{dataset}.yaml"),
+        ]
+        for file in files:
+            if os.path.isfile(file):
+                config_dict = self._update_internal_config_dict(file)
+                if file == dataset_file and config_dict:
+                    self.parameters["Dataset"] += [k for k in config_dict if k not in self.parameters["Dataset"]]
+        self.internal_config_dict["MODEL_TYPE"] = model_class.type

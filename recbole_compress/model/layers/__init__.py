@@ -1,0 +1,1 @@
+"""Reusable compression building blocks, each usable under any RecBole backbone and each tested on its own."""

@@ -1,0 +1,220 @@
+"""recbole_compress.quick_start: RecBole's quick-start functions for plugin and RecBole models alike.
+
+RecBole's ``run_recbole``, ``objective_function`` and ``load_data_and_model`` look models up inside RecBole only and
+reload checkpoints with a pickled Config that torch >= 2.6 refuses. These mirror their signatures and return values
+and use the plugin's Config, model/trainer look-up and weights-only checkpoints.
+"""
+import logging
+import os
+import sys
+from logging import getLogger
+
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_environment, init_logger, init_seed, set_color
+
+from recbole_compress.config import Config
+from recbole_compress.trainer.checkpoint import check_item_mapping, config_from_plain, load_checkpoint
+from recbole_compress.utils import ConfigError, get_model, get_trainer
+
+
+def check_dataset_files(config):
+    """Raise :class:`ConfigError` if the dataset's atomic files are missing.
+
+    RecBole would otherwise try to download the dataset, which fails offline with a confusing error. RecBole's
+    bundled ml-100k is always there.
+    """
+    dataset = config["dataset"]
+    if dataset == "ml-100k":
+        return
+    path = config["data_path"]
+    if config["benchmark_filename"]:
+        wanted = [os.path.join(path, f"{dataset}.{part}.inter") for part in config["benchmark_filename"]]
+    else:
+        wanted = [os.path.join(path, f"{dataset}.inter")]
+    missing = [f for f in wanted if not os.path.isfile(f)]
+    if missing:
+        parent = os.path.dirname(os.path.normpath(path))
+        raise ConfigError(
+            f"dataset {dataset!r} not found: {', '.join(missing)} does not exist. Put its RecBole atomic files in "
+            f"<data_path>/{dataset}/ and set data_path (now {parent!r}), e.g. --data_path=/path/to/datasets. "
+            f"recbole-compress never downloads datasets; RecBole's bundled ml-100k needs no data_path."
+        )
+
+
+def check_config_keys(config, keys, source="command line"):
+    """Refuse keys that no part of this run reads (RecBole would silently ignore them)."""
+    from recbole_compress.utils import closest_keys, known_config_keys
+
+    known = known_config_keys(config["model"])
+    unknown = sorted(k for k in keys if k not in known)
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = closest_keys(key, known)
+        hints.append(f"{key}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    message = (
+        f"unknown configuration key(s) from the {source} for model {config['model']}: {'; '.join(hints)}. "
+        f"No part of this run reads them, so RecBole would silently ignore them."
+    )
+    if config["strict_config_keys"] is False:
+        getLogger().warning(message)
+    else:
+        raise ConfigError(message + " Set strict_config_keys: False to only warn.")
+
+
+def build_config(model=None, dataset=None, config_file_list=None, config_dict=None, read_cmd_line=True):
+    """The plugin Config, with the dataset's files checked (no download is ever attempted)."""
+    config = Config(
+        model=model,
+        dataset=dataset,
+        config_file_list=config_file_list,
+        config_dict=config_dict,
+        read_cmd_line=read_cmd_line,
+    )
+    check_dataset_files(config)
+    return config
+
+
+def _log_flops(model, dataset, config, logger):
+    from recbole.data.transform import construct_transform
+    from recbole.utils import get_flops
+
+    try:
+        flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
+        logger.info(set_color("FLOPs", "blue") + f": {flops}")
+    except Exception as e:  # FLOPs are informative only; never lose a run for them
+        logger.warning(f"FLOPs not computed: {type(e).__name__}: {e}")
+
+
+def run_recbole_compress(
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    queue=None,
+    read_cmd_line=True,
+):
+    r"""Train and test a model (plugin or RecBole) end to end, as ``recbole.quick_start.run_recbole`` does.
+
+    Args:
+        model (str): model name (plugin or RecBole; case-insensitive; aliases such as ``PKM-ACT``).
+        dataset (str): dataset name.
+        config_file_list (list): config files.
+        config_dict (dict): parameters.
+        saved (bool): save the best model and reload it for the test.
+        queue: multiprocessing queue the result is put on (rank 0), as in RecBole.
+        read_cmd_line (bool): read ``--key=value`` from ``sys.argv`` as RecBole does.
+
+    Returns:
+        dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result`` (RecBole's keys),
+        plus ``model`` and ``checkpoint`` (the best-model file, when saved).
+    """
+    config = build_config(model, dataset, config_file_list, config_dict, read_cmd_line)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    _log_flops(model, dataset, config, logger)
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    environment_tb = get_environment(config)
+    logger.info("The running environment of this training is as follows:\n" + environment_tb.draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+
+    result = {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "model": config["model"],
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+    if not config["single_spec"]:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    r"""Train and test one configuration and return its scores, as RecBole's ``objective_function``
+    (used by ``recbole.trainer.HyperTuning`` and by the plugin's Ray Tune search).
+
+    The model comes from ``config_dict['model']`` or the config files, the dataset likewise. ``sys.argv`` is not
+    read (in a Ray worker it belongs to Ray). Unlike RecBole's, no ``tune.report`` is called here: the Ray Tune search
+    reports once per epoch from the trainer.
+
+    Returns:
+        dict: ``model``, ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``.
+    """
+    config = build_config(config_dict=config_dict, config_file_list=config_file_list, read_cmd_line=False)
+    init_seed(config["seed"], config["reproducibility"])
+    logger = getLogger()
+    for hdlr in logger.handlers[:]:
+        logger.removeHandler(hdlr)
+    init_logger(config)
+    logging.basicConfig(level=logging.ERROR)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model_name = config["model"]
+    model = get_model(model_name)(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    return {
+        "model": model_name,
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+
+
+def load_data_and_model(model_file):
+    r"""Load the dataset, its split data loaders and the model saved in ``model_file`` (a plugin checkpoint).
+
+    The checkpoint is read with ``torch.load(weights_only=True)``; its configuration is plain data, and its item-id
+    fingerprint must match the rebuilt dataset's.
+
+    Returns:
+        tuple: ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's.
+    """
+    checkpoint = load_checkpoint(model_file)
+    config = config_from_plain(checkpoint["config"])
+    check_dataset_files(config)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    check_item_mapping(checkpoint, dataset, repr(str(model_file)))
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data
