@@ -197,6 +197,28 @@ def _keys_in_yaml(path):
 
 
 @lru_cache(maxsize=None)
+def run_config_keys():
+    """Keys that describe the run rather than a model: RecBole's general, training, evaluation and dataset
+    arguments and the keys of its overall, dataset and quick-start YAML files (plus the plugin's own)."""
+    import recbole
+    from recbole.utils import argument_list
+    from recbole_compress import properties_path
+
+    root = os.path.dirname(recbole.__file__)
+    keys = set()
+    for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
+        keys |= set(getattr(argument_list, name))
+    paths = [os.path.join(root, "properties", "overall.yaml"), properties_path("overall.yaml")]
+    paths += glob.glob(os.path.join(root, "properties", "dataset", "*.yaml"))
+    paths += glob.glob(os.path.join(root, "properties", "quick_start_config", "*.yaml"))
+    paths += glob.glob(properties_path("dataset", "*.yaml"))
+    for path in paths:
+        if os.path.basename(path) not in ("url.yaml", "kg_url.yaml"):
+            keys |= _keys_in_yaml(path)
+    return frozenset(keys)
+
+
+@lru_cache(maxsize=None)
 def _generic_config_keys():
     import recbole
     from recbole.utils import argument_list

@@ -11,3 +11,4 @@ from recbole_compress.trainer.checkpoint import (
     save_checkpoint,
     unique_checkpoint_name,
 )
+from recbole_compress.trainer.teacher import DistillationTrainer, load_teacher, phase_config, train_or_load_teacher
