@@ -14,6 +14,8 @@ from recbole_compress.model.layers.temporal_context import (
     time_slots,
 )
 
+torch.set_num_threads(1)  # 2 shared cores: intra-op threads only contend (20x slower under load)
+
 
 def test_time_slots_hour_of_day_in_float64():
     assert time_slots(torch.tensor([5 * 3600 + 17.0]), 3600, 24).item() == 5

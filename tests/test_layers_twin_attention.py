@@ -13,6 +13,8 @@ from recbole_compress.model.layers.twin_attention import (
     conv_padding_sizes,
 )
 
+torch.set_num_threads(1)  # 2 shared cores: intra-op threads only contend (20x slower under load)
+
 
 def _attention_mask(valid, causal=True):
     mask = valid[:, None, None, :].expand(-1, 1, valid.shape[1], -1)
