@@ -1,0 +1,157 @@
+"""Quotient-remainder (mixed-radix) compositional embedding (Shi et al., KDD 2020; LSAN, Li et al., CIKM 2021 §3.1).
+
+An id table of ``V`` rows is replaced by ``N`` small *base* tables of ``m_1, ..., m_N`` rows with
+``m_1 * ... * m_N >= V``. Item ``v`` (1-based, 0 is padding) has the 0-based index ``k = v - 1`` and selects in table
+``n`` the row
+
+    q_n(k) = floor(k / (m_1 * ... * m_{n-1})) mod m_n          (Eq.(1)-(5) of LSAN; the mixed-radix digits of k)
+
+so every id gets a distinct tuple of base rows. With the compression rate ``m`` the tables have ``m`` rows (the
+remainder table) and ``ceil(V / m)`` rows (the quotient table) for ``N = 2``; in general ``m_1 = ... = m_{N-1} = m``
+and ``m_N = ceil(V / m^{N-1})``. Memory: ``sum_n m_n * D`` instead of ``V * D``.
+
+:class:`QuotientRemainderEmbedding` is a drop-in replacement for ``nn.Embedding(V + 1, D, padding_idx=0)``:
+``forward(ids)`` returns the merged vectors (``combine``: ``sum`` or ``mean``; padding id 0 gives a zero vector) and
+``.weight`` the merged ``[V + 1, D]`` table (row 0 zero) that RecBole's models use as the output layer. So it can sit
+under any RecBole backbone, e.g. ``sasrec.item_embedding = QuotientRemainderEmbedding(sasrec.n_items - 1, 64, 2)``.
+``base_vectors(ids)`` returns the selected base vectors ``[..., N, D]`` unmerged, for a learned merge such as LSAN's
+context-aware attention.
+"""
+import math
+
+import torch
+from torch import nn
+
+
+def qr_table_sizes(num_items, compression_rate=2, num_tables=2):
+    """Rows of each base table: ``[m] * (N - 1) + [ceil(V / m^(N-1))]``.
+
+    Args:
+        num_items (int): V, the number of real ids (padding excluded).
+        compression_rate (int): m >= 1.
+        num_tables (int): N >= 1.
+    """
+    if int(num_items) < 1:
+        raise ValueError(f"num_items must be >= 1, got {num_items}")
+    if int(compression_rate) < 1:
+        raise ValueError(f"compression_rate must be an integer >= 1, got {compression_rate}")
+    if int(num_tables) < 1:
+        raise ValueError(f"num_base_tables must be an integer >= 1, got {num_tables}")
+    m, n = int(compression_rate), int(num_tables)
+    if n == 1:
+        return [int(num_items)]
+    return [m] * (n - 1) + [max(1, math.ceil(int(num_items) / m ** (n - 1)))]
+
+
+def qr_indices(k, table_sizes):
+    """Mixed-radix digits of the 0-based indices ``k`` (any integer tensor): ``[..., N]`` row indices."""
+    digits = []
+    radix = 1
+    for size in table_sizes:
+        digits.append(torch.div(k, radix, rounding_mode="floor") % size)
+        radix *= size
+    return torch.stack(digits, dim=-1)
+
+
+class QuotientRemainderEmbedding(nn.Module):
+    r"""Compositional id embedding from ``N`` quotient-remainder base tables.
+
+    Args:
+        num_items (int): V, the number of real ids; ids run from 1 to V and 0 is padding (RecBole's convention).
+        embedding_dim (int): D.
+        compression_rate (int): m (rows of the remainder tables). Ignored when ``table_sizes`` is given.
+        num_tables (int): N, the number of base tables.
+        table_sizes (list of int, optional): explicit ``[m_1, ..., m_N]``; their product must be at least V.
+        combine (str): how :meth:`forward` and :attr:`weight` merge the N base vectors: ``sum`` (QR "add") or
+            ``mean``.
+        init_std (float): base vectors are drawn from N(0, init_std).
+
+    Shapes:
+        ``indices(ids)``: ``[...] -> [..., N]``; ``base_vectors(ids)``: ``[...] -> [..., N, D]`` (zero for id 0);
+        ``forward(ids)``: ``[...] -> [..., D]``; ``weight``: ``[V + 1, D]``.
+    """
+
+    COMBINE = ("sum", "mean")
+
+    def __init__(self, num_items, embedding_dim, compression_rate=2, num_tables=2, table_sizes=None, combine="sum",
+                 init_std=0.02):
+        super().__init__()
+        self.num_items = int(num_items)
+        self.embedding_dim = int(embedding_dim)
+        if table_sizes is None:
+            table_sizes = qr_table_sizes(self.num_items, compression_rate, num_tables)
+        table_sizes = [int(s) for s in table_sizes]
+        if not table_sizes or any(s < 1 for s in table_sizes):
+            raise ValueError(f"base_table_sizes must be a non-empty list of positive integers, got {table_sizes}")
+        if math.prod(table_sizes) < self.num_items:
+            raise ValueError(
+                f"base_table_sizes {table_sizes} give {math.prod(table_sizes)} distinct combinations, fewer than the "
+                f"{self.num_items} items: their product must be at least the number of items"
+            )
+        if combine not in self.COMBINE:
+            raise ValueError(f"combine must be one of {self.COMBINE}, got {combine!r}")
+        self.table_sizes = table_sizes
+        self.num_tables = len(table_sizes)
+        self.combine = combine
+        self.tables = nn.ModuleList(nn.Embedding(size, self.embedding_dim) for size in table_sizes)
+        for table in self.tables:
+            nn.init.normal_(table.weight, mean=0.0, std=init_std)
+        self._weight_cache = None
+
+    def extra_repr(self):
+        return f"num_items={self.num_items}, embedding_dim={self.embedding_dim}, table_sizes={self.table_sizes}, " \
+               f"combine={self.combine!r}"
+
+    def num_parameters(self):
+        """``sum_n m_n * D``."""
+        return sum(self.table_sizes) * self.embedding_dim
+
+    def indices(self, ids):
+        """Row index in each base table of the ids (1..V; 0 maps like id 1 and is masked by the callers)."""
+        k = (ids - 1).clamp(min=0)
+        return qr_indices(k, self.table_sizes)
+
+    def base_vectors(self, ids):
+        """The N selected base vectors of each id, ``[..., N, D]``; zero for the padding id 0."""
+        q = self.indices(ids)
+        vectors = torch.stack([table(q[..., n]) for n, table in enumerate(self.tables)], dim=-2)
+        return vectors * (ids > 0).unsqueeze(-1).unsqueeze(-1).to(vectors.dtype)
+
+    def merge(self, vectors):
+        merged = vectors.sum(dim=-2)
+        return merged / self.num_tables if self.combine == "mean" else merged
+
+    def forward(self, ids):
+        return self.merge(self.base_vectors(ids))
+
+    def _cache_key(self):
+        return tuple((id(t.weight), t.weight._version) for t in self.tables)
+
+    def all_vectors(self):
+        """The merged vector of every id, ``[V + 1, D]`` with a zero row 0 (padding).
+
+        Cached in eval mode while gradients are off (RecBole's evaluation); the cache is dropped by ``train()`` and
+        invalidated whenever a base table changes (optimizer step, ``load_state_dict``, a device move), so it never
+        serves stale weights.
+        """
+        if self.training or torch.is_grad_enabled():
+            self._weight_cache = None
+            return self._all_vectors()
+        key = self._cache_key()
+        if self._weight_cache is None or self._weight_cache[0] != key:
+            self._weight_cache = (key, self._all_vectors())
+        return self._weight_cache[1]
+
+    def train(self, mode=True):
+        self._weight_cache = None
+        return super().train(mode)
+
+    def _all_vectors(self):
+        device = self.tables[0].weight.device
+        ids = torch.arange(self.num_items + 1, device=device)
+        return self.forward(ids)
+
+    @property
+    def weight(self):
+        """Merged ``[V + 1, D]`` table (as ``nn.Embedding.weight``), so RecBole models can score every item with it."""
+        return self.all_vectors()

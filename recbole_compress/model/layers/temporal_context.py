@@ -1,0 +1,231 @@
+"""Temporal context-aware composition of base embeddings (LSAN, Li et al., CIKM 2021, §3.1, Eq.(6)-(8)).
+
+For position ``i`` of a sequence the *temporal context* is the triplet ``r_i = (c_{i-1}, c_i, slot_i)``: the category
+of the previous item (a padding label at the first position), the category of the current item, and the discrete
+time slot of the interaction (the hour of the day by default). Its embedding ``r_i`` weights the ``N`` base vectors
+``e^1_i .. e^N_i`` of the item (the selected rows of a compositional embedding, e.g.
+:class:`~recbole_compress.model.layers.compositional_embedding.QuotientRemainderEmbedding`):
+
+    s^n_i = u^T SiLU(W_e e^n_i + W_r r_i + b)        alpha_i = softmax_n(s_i)        (Eq.(6), additive score)
+    h_i   = sum_n alpha^n_i e^n_i                                                          (Eq.(7))
+    h~_i  = MLP([h_i ; r_i])       MLP: 2D -> D                                            (Eq.(8))
+
+Building blocks, each usable under any backbone:
+
+- :func:`time_slots`, :func:`shift_right`, :func:`item_categories` (one category per item from a RecBole item
+  feature, ``token`` or ``token_seq``);
+- :class:`TemporalContextEmbedding`: the context table, ``joint`` (the paper: one row per context tuple seen in the
+  training data, plus an UNK row 0) or ``factorized`` (a parameter-light variant: ``E_prev[c_prev] + E_cur[c_cur] +
+  E_slot[slot]``);
+- :class:`ContextAwareComposition`: Eq.(6)-(8).
+
+The exact form of Eq.(6) is lost in the paper's text (only "SiLU" survives): the additive score above is our
+reconstruction, ``score: dot`` (``SiLU(W_r r + b)^T e^n / sqrt(D)``) the alternative.
+"""
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+PAD_CATEGORY = 0
+
+
+def time_slots(timestamps, slot_seconds=3600, num_slots=24):
+    """``floor(ts / slot_seconds) mod num_slots`` (the UTC hour of day for the defaults), as int64.
+
+    Accepts a tensor, a numpy array or a pandas Series; the arithmetic is done in float64 so that Unix times keep
+    their seconds (float32 only resolves 64 s around 2^30).
+    """
+    if slot_seconds <= 0 or num_slots < 1:
+        raise ValueError(f"time_slot_seconds must be > 0 and num_time_slots >= 1, got {slot_seconds}, {num_slots}")
+    if isinstance(timestamps, torch.Tensor):
+        return torch.remainder(torch.floor(timestamps.double() / slot_seconds), num_slots).long()
+    values = np.asarray(timestamps, dtype=np.float64)
+    return np.remainder(np.floor(values / slot_seconds), num_slots).astype(np.int64)
+
+
+def shift_right(x, fill=PAD_CATEGORY):
+    """``y[:, 0] = fill``, ``y[:, t] = x[:, t - 1]``: the previous position's value along dim 1."""
+    return torch.cat([torch.full_like(x[:, :1], fill), x[:, :-1]], dim=1)
+
+
+def item_categories(dataset, field, select="last"):
+    """One category id per item id, ``[n_items]`` (0 = padding item / no category), from a RecBole item feature.
+
+    Args:
+        dataset: a RecBole dataset whose ``item_feat`` holds ``field`` (row = item id).
+        field (str): a ``token`` or ``token_seq`` item field.
+        select (str): for ``token_seq`` fields, keep the ``last`` or the ``first`` token of each item.
+
+    Returns:
+        tuple: ``(item2cat LongTensor [n_items], num_categories C)``; category ids run from 1 to C.
+    """
+    from recbole.utils import FeatureSource, FeatureType
+
+    if select not in ("last", "first"):
+        raise ValueError(f"category_select must be 'last' or 'first', got {select!r}")
+    if field not in dataset.field2type or dataset.field2source.get(field) != FeatureSource.ITEM:
+        raise KeyError(field)
+    values = dataset.item_feat[field]
+    if not isinstance(values, torch.Tensor):  # pandas before the dataset is built
+        raise ValueError(f"item feature {field!r} is not built yet: pass the dataset of a data loader")
+    ftype = dataset.field2type[field]
+    if ftype == FeatureType.TOKEN:
+        cats = values.long().clone()
+    elif ftype == FeatureType.TOKEN_SEQ:
+        values = values.long()
+        present = values > 0
+        n = present.sum(dim=1)
+        if select == "first":
+            cats = values[:, 0].clone()
+        else:
+            cats = values.gather(1, (n - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        cats[n == 0] = PAD_CATEGORY
+    else:
+        raise ValueError(f"category_field {field!r} must be a token or token_seq item field, not {ftype.value}")
+    cats[0] = PAD_CATEGORY
+    return cats, dataset.num(field) - 1
+
+
+class TemporalContextEmbedding(nn.Module):
+    """Dense embedding of the context triplet ``(c_prev, c_cur, slot)``.
+
+    Args:
+        num_categories (int): C; category ids run 1..C and 0 is the padding label.
+        num_slots (int): S, the number of time slots.
+        embedding_dim (int): D.
+        mode (str): ``joint`` (one row per context tuple of ``vocabulary`` plus the UNK row 0, as in the paper) or
+            ``factorized`` (``(2(C+1) + S) * D`` parameters).
+        vocabulary (LongTensor, optional): the context keys of the joint table, see :meth:`keys` and
+            :meth:`build_vocabulary`; required for ``joint``.
+        init_std (float): rows are drawn from N(0, init_std).
+    """
+
+    MODES = ("joint", "factorized")
+
+    def __init__(self, num_categories, num_slots, embedding_dim, mode="joint", vocabulary=None, init_std=0.02):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"context_mode must be one of {self.MODES}, got {mode!r}")
+        self.num_categories = int(num_categories)
+        self.num_slots = int(num_slots)
+        self.embedding_dim = int(embedding_dim)
+        self.mode = mode
+        if mode == "joint":
+            if vocabulary is None:
+                raise ValueError("the joint context table needs its vocabulary of context keys (build_vocabulary)")
+            vocabulary = torch.unique(torch.as_tensor(vocabulary, dtype=torch.long))  # sorted
+            self.register_buffer("vocabulary", vocabulary)
+            self.table = nn.Embedding(len(vocabulary) + 1, self.embedding_dim)
+            nn.init.normal_(self.table.weight, std=init_std)
+        else:
+            self.prev_table = nn.Embedding(self.num_categories + 1, self.embedding_dim)
+            self.cur_table = nn.Embedding(self.num_categories + 1, self.embedding_dim)
+            self.slot_table = nn.Embedding(self.num_slots, self.embedding_dim)
+            for table in (self.prev_table, self.cur_table, self.slot_table):
+                nn.init.normal_(table.weight, std=init_std)
+
+    def extra_repr(self):
+        size = f", contexts={len(self.vocabulary)}" if self.mode == "joint" else ""
+        return f"mode={self.mode!r}, categories={self.num_categories}, slots={self.num_slots}{size}"
+
+    @staticmethod
+    def keys(c_prev, c_cur, slot, num_categories, num_slots):
+        """The integer key of each tuple: ``(c_prev * (C + 1) + c_cur) * S + slot``."""
+        return (c_prev.long() * (num_categories + 1) + c_cur.long()) * num_slots + slot.long()
+
+    @classmethod
+    def build_vocabulary(cls, c_prev, c_cur, slot, num_categories, num_slots, valid=None):
+        """Sorted unique keys of the tuples at the ``valid`` positions (all positions when ``valid`` is None)."""
+        keys = cls.keys(c_prev, c_cur, slot, num_categories, num_slots)
+        if valid is not None:
+            keys = keys[valid]
+        return torch.unique(keys.reshape(-1))
+
+    def context_ids(self, c_prev, c_cur, slot):
+        """Row of each tuple in the joint table: ``1 + position in the vocabulary``, or 0 (UNK) if never seen."""
+        keys = self.keys(c_prev, c_cur, slot, self.num_categories, self.num_slots)
+        if len(self.vocabulary) == 0:
+            return torch.zeros_like(keys)
+        pos = torch.searchsorted(self.vocabulary, keys.reshape(-1)).reshape(keys.shape)
+        pos_c = pos.clamp(max=len(self.vocabulary) - 1)
+        found = self.vocabulary[pos_c] == keys
+        return torch.where(found, pos_c + 1, torch.zeros_like(pos_c))
+
+    def forward(self, c_prev, c_cur, slot):
+        if self.mode == "joint":
+            return self.table(self.context_ids(c_prev, c_cur, slot))
+        return self.prev_table(c_prev) + self.cur_table(c_cur) + self.slot_table(slot)
+
+
+_ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+class ContextAwareComposition(nn.Module):
+    """Merge of the N base vectors of each item under its context, and the context injection (Eq.(6)-(8)).
+
+    Args:
+        embedding_dim (int): D.
+        merge (str): ``attention`` (Eq.(6)-(7): weights from the context), ``sum`` or ``mean`` (fixed weights 1 or
+            1/N: the plain QR merge, with the context still injected by the MLP when ``inject``).
+        score (str): the attention score, ``additive`` (``u^T SiLU(W_e e + W_r r + b)``, ``2D^2 + 2D`` parameters)
+            or ``dot`` (``SiLU(W_r r + b)^T e / sqrt(D)``, ``D^2 + D``).
+        inject (bool): apply Eq.(8), ``MLP([h; r])``; False returns ``h`` (Eq.(7)) itself.
+        mlp_hidden_layers (int): extra ``Linear(D, D) + act`` layers after the first ``Linear(2D, D) + act``.
+        mlp_act (str): activation of the MLP: silu, relu, gelu, tanh or sigmoid.
+
+    ``forward(base [..., N, D], context [..., D]) -> (h~ [..., D], alpha [..., N])``.
+    """
+
+    MERGES = ("attention", "sum", "mean")
+    SCORES = ("additive", "dot")
+
+    def __init__(self, embedding_dim, merge="attention", score="additive", inject=True, mlp_hidden_layers=0,
+                 mlp_act="silu"):
+        super().__init__()
+        if merge not in self.MERGES:
+            raise ValueError(f"composition must be one of {self.MERGES}, got {merge!r}")
+        if score not in self.SCORES:
+            raise ValueError(f"composition_score must be one of {self.SCORES}, got {score!r}")
+        if mlp_act not in _ACTIVATIONS:
+            raise ValueError(f"context_mlp_act must be one of {sorted(_ACTIVATIONS)}, got {mlp_act!r}")
+        if int(mlp_hidden_layers) < 0:
+            raise ValueError(f"context_mlp_hidden_layers must be >= 0, got {mlp_hidden_layers}")
+        d = int(embedding_dim)
+        self.embedding_dim = d
+        self.merge = merge
+        self.score = score
+        if merge == "attention":
+            self.context_proj = nn.Linear(d, d)  # W_r and the bias b
+            if score == "additive":
+                self.base_proj = nn.Linear(d, d, bias=False)  # W_e
+                self.score_vector = nn.Linear(d, 1, bias=False)  # u
+            self.act = nn.SiLU()
+        self.inject = bool(inject)
+        if self.inject:
+            layers = [nn.Linear(2 * d, d), _ACTIVATIONS[mlp_act]()]
+            for _ in range(int(mlp_hidden_layers)):
+                layers += [nn.Linear(d, d), _ACTIVATIONS[mlp_act]()]
+            self.mlp = nn.Sequential(*layers)
+
+    def weights(self, base, context):
+        """alpha ``[..., N]``: the softmax over the N base vectors of their scores under the context (attention), or
+        the fixed weights of ``sum`` (1) / ``mean`` (1/N)."""
+        n = base.shape[-2]
+        if self.merge != "attention":
+            value = 1.0 if self.merge == "sum" else 1.0 / n
+            return base.new_full(base.shape[:-1], value)
+        r = self.context_proj(context).unsqueeze(-2)  # [..., 1, D]
+        if self.score == "additive":
+            scores = self.score_vector(self.act(self.base_proj(base) + r)).squeeze(-1)
+        else:
+            scores = (self.act(r) * base).sum(-1) / math.sqrt(self.embedding_dim)
+        return torch.softmax(scores, dim=-1)
+
+    def forward(self, base, context):
+        alpha = self.weights(base, context)
+        h = (alpha.unsqueeze(-1) * base).sum(dim=-2)
+        if self.inject:
+            h = self.mlp(torch.cat([h, context], dim=-1))
+        return h, alpha

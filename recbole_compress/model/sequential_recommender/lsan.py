@@ -1,0 +1,448 @@
+r"""
+LSAN
+################################################
+
+Reference:
+    Yang Li, Tong Chen, Peng-Fei Zhang and Hongzhi Yin. "Lightweight Self-Attentive Sequential Recommendation."
+    In CIKM 2021. https://doi.org/10.1145/3459637.3482448
+
+LSAN replaces SASRec's item table by ``N`` quotient-remainder base tables whose vectors are merged by an attention
+conditioned on the *temporal context* of each position (previous item's category, current item's category, hour of
+the day), and its multi-head self-attention by *twin attention*: ``H`` depth-wise convolution heads (local patterns)
+beside ``H`` self-attention heads (global patterns), followed by a point-wise GeLU FFN; one layer; full-softmax
+cross-entropy over the catalogue.
+
+Where we depart from (or had to reconstruct) the paper, and why:
+
+- The paper's equation bodies are lost in the available text. Eq.(6), the attention score over the base vectors, is
+  reconstructed as additive attention ``u^T SiLU(W_e e^n + W_r r + b)`` (``composition_score: dot`` is the
+  alternative); the MLP of Eq.(8) is ``Linear(2D, D) + SiLU``.
+- The output layer is tied to the base tables (``W_p[v] = mean_n E_n[q_n(v)]`` plus a bias): a separate ``V x D``
+  softmax matrix would make LSAN larger than SASRec, against the paper's "about 60 % of SASRec's parameters at m=2"
+  (``output_layer: full`` is the literal reading).
+- Residual connections, LayerNorm and dropout are never mentioned by the paper; we use SASRec's post-LN residual
+  blocks, an embedding LayerNorm and dropout 0.5 (``use_residual_ln: False`` removes the residual blocks).
+- Attention heads are full width (``D`` per head), as the paper's cost ``O(H(LD + 3D^2))`` implies.
+- The joint context table holds the context tuples seen in the training split, plus one UNK row for unseen ones.
+- Hour slots come from the dataset field ``<TIME_FIELD>_slot`` that :class:`LSANDataset` computes from the raw
+  timestamps before RecBole's normalisation, so that LSAN keeps every other model's split (see
+  :mod:`recbole_compress.data.time_slot_dataset`).
+- Without context (``use_context: False``) the base vectors are summed (the QR embedding of the paper's first
+  ablation) and only the position embeddings carry order.
+
+History categories and times come from the item features and ``<TIME_FIELD>_slot_list``; the target's own columns in
+the batch (its ``timestamp``, its joined item features) are never read.
+"""
+import math
+from logging import getLogger
+
+import torch
+from torch import nn
+
+from recbole.model.abstract_recommender import SequentialRecommender
+
+from recbole_compress.data.time_slot_dataset import TimeSlotSequentialDataset, register_dataset, slot_field_name
+from recbole_compress.model.layers.compositional_embedding import QuotientRemainderEmbedding, qr_table_sizes
+from recbole_compress.model.layers.temporal_context import (
+    ContextAwareComposition,
+    TemporalContextEmbedding,
+    item_categories,
+    shift_right,
+)
+from recbole_compress.model.layers.twin_attention import TwinAttentionEncoder
+from recbole_compress.utils import ConfigError
+
+
+class LSANDataset(TimeSlotSequentialDataset):
+    """The dataset RecBole's ``create_dataset`` builds for LSAN: RecBole's sequential dataset (same split) plus the
+    hour slot of every interaction."""
+
+
+register_dataset("LSAN", LSANDataset)
+
+
+def _choice(config, key, allowed, default=None):
+    value = config[key]
+    if value is None:
+        value = default
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+    return value
+
+
+def _positive_int(config, key, default=None, minimum=1):
+    value = config[key]
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}; got {value!r}")
+    return value
+
+
+class LSAN(SequentialRecommender):
+    r"""LSAN: quotient-remainder base tables merged under temporal context, and twin attention (conv + self-attention).
+
+    See the module docstring for the paper and our departures from it; ``properties/model/LSAN.yaml`` for the keys.
+    """
+
+    counterpart = "SASRec"
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.logger = getLogger()
+
+        # ---- configuration -------------------------------------------------------------------------------------
+        self.hidden_size = _positive_int(config, "hidden_size")
+        self.n_layers = _positive_int(config, "n_layers")
+        self.n_heads = _positive_int(config, "n_heads")
+        self.head_width = _choice(config, "head_width", ("full", "split"), "full")
+        self.twin_mode = _choice(config, "twin_mode", ("twin", "sa_only", "conv_only"), "twin")
+        self.conv_kernel_size = _positive_int(config, "conv_kernel_size", 5)
+        self.conv_padding = _choice(config, "conv_padding", ("centered", "causal"), "centered")
+        self.attn_mask = _choice(config, "attn_mask", ("causal", "bidirectional"), "causal")
+        self.inner_size = config["inner_size"] or self.hidden_size
+        self.hidden_act = _choice(config, "hidden_act", ("gelu", "relu", "swish", "silu", "tanh", "sigmoid"), "gelu")
+        self.hidden_dropout_prob = config["hidden_dropout_prob"]
+        self.attn_dropout_prob = config["attn_dropout_prob"]
+        self.layer_norm_eps = config["layer_norm_eps"]
+        self.use_residual_ln = bool(config["use_residual_ln"] if config["use_residual_ln"] is not None else True)
+        self.initializer_range = config["initializer_range"]
+        self.embedding_type = _choice(config, "embedding_type", ("compositional", "full"), "compositional")
+        self.composition = _choice(config, "composition", ("attention", "sum", "mean"), "attention")
+        self.composition_score = _choice(config, "composition_score", ("additive", "dot"), "additive")
+        self.use_context = bool(config["use_context"])
+        self.context_mode = _choice(config, "context_mode", ("joint", "factorized"), "joint")
+        self.category_select = _choice(config, "category_select", ("last", "first"), "last")
+        self.num_time_slots = _positive_int(config, "num_time_slots", 24)
+        self.time_slot_seconds = config["time_slot_seconds"] or 3600
+        self.allow_missing_context = bool(config["allow_missing_context"])
+        self.output_layer = _choice(config, "output_layer", ("tied", "full"), "tied")
+        self.output_composition = _choice(config, "output_composition", ("mean", "sum"), "mean")
+        self.output_bias = bool(config["output_bias"] if config["output_bias"] is not None else True)
+        self.loss_type = config["loss_type"]
+        if self.loss_type != "CE":
+            raise ConfigError(
+                f"loss_type must be CE for LSAN (full-softmax cross-entropy over the catalogue, Eq.(15)); "
+                f"got {self.loss_type!r}"
+            )
+        if not (isinstance(self.time_slot_seconds, (int, float)) and self.time_slot_seconds > 0):
+            raise ConfigError(f"time_slot_seconds must be a positive number; got {self.time_slot_seconds!r}")
+        self.num_real_items = self.n_items - 1  # V; id 0 is padding
+        d = self.hidden_size
+
+        # ---- item embedding: quotient-remainder base tables (or the full table of LSAN_full.emb) -----------------
+        if self.embedding_type == "compositional":
+            self.num_base_tables = _positive_int(config, "num_base_tables", 2)
+            self.compression_rate = _positive_int(config, "compression_rate", 2)
+            sizes = config["base_table_sizes"]
+            if sizes is not None:
+                if not isinstance(sizes, (list, tuple)) or not all(isinstance(s, int) and s >= 1 for s in sizes):
+                    raise ConfigError(f"base_table_sizes must be a list of positive integers or None; got {sizes!r}")
+                if math.prod(sizes) < self.num_real_items:
+                    raise ConfigError(
+                        f"base_table_sizes {list(sizes)}: their product {math.prod(sizes)} must be at least the number "
+                        f"of items ({self.num_real_items}) so that every item gets its own combination of base rows"
+                    )
+            else:
+                sizes = qr_table_sizes(self.num_real_items, self.compression_rate, self.num_base_tables)
+            self.item_embedding = QuotientRemainderEmbedding(
+                self.num_real_items, d, table_sizes=sizes, combine=self.output_composition
+            )
+        else:
+            self.item_embedding = nn.Embedding(self.n_items, d, padding_idx=0)
+
+        # ---- temporal context ----------------------------------------------------------------------------------
+        self.has_categories = self.has_time_slots = False
+        self.SLOT_SEQ = None
+        if self.use_context:
+            self._build_context(config, dataset)
+            n_base = self.item_embedding.num_tables if self.embedding_type == "compositional" else 1
+            merge = self.composition if n_base > 1 else "sum"
+            self.context_composition = ContextAwareComposition(
+                d,
+                merge=merge,
+                score=self.composition_score,
+                inject=True,
+                mlp_hidden_layers=config["context_mlp_hidden_layers"] or 0,
+                mlp_act=config["context_mlp_act"] or "silu",
+            )
+        else:
+            if self.embedding_type == "compositional" and self.composition == "attention":
+                self.composition = "sum"
+            self.logger.info(
+                "LSAN without temporal context (use_context=False): position-only order information, "
+                + ("the base vectors are merged by a plain " + self.composition.upper()
+                   + " (the QR embedding of the paper's ablation)" if self.embedding_type == "compositional"
+                   else "a full item table")
+            )
+
+        # ---- sequence encoder ------------------------------------------------------------------------------------
+        self.position_embedding = nn.Embedding(self.max_seq_length, d)
+        self.LayerNorm = nn.LayerNorm(d, eps=self.layer_norm_eps)
+        self.dropout = nn.Dropout(self.hidden_dropout_prob)
+        self.encoder = TwinAttentionEncoder(
+            n_layers=self.n_layers,
+            hidden_size=d,
+            n_heads=self.n_heads,
+            kernel_size=self.conv_kernel_size,
+            mode=self.twin_mode,
+            head_width=self.head_width,
+            conv_padding=self.conv_padding,
+            inner_size=self.inner_size,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attn_dropout_prob=self.attn_dropout_prob,
+            hidden_act=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps,
+            use_residual_ln=self.use_residual_ln,
+        )
+
+        # ---- prediction layer, Eq.(14) --------------------------------------------------------------------------
+        if self.output_layer == "full":
+            self.output_projection = nn.Linear(d, self.n_items, bias=self.output_bias)
+        elif self.output_bias:
+            self.output_bias_vector = nn.Parameter(torch.zeros(self.n_items))
+
+        self.apply(self._init_weights)
+        if self.output_layer == "tied" and self.output_bias:
+            nn.init.zeros_(self.output_bias_vector)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # context
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _missing(self, what, how):
+        message = (
+            f"LSAN's temporal context (use_context: True) needs {what}, but dataset {self._dataset_name!r} has none: "
+            f"{how}. Or run without context: use_context: False (position-only; the base vectors are summed), or "
+            f"allow_missing_context: True (the missing part of the context is the constant 0)."
+        )
+        if not self.allow_missing_context:
+            raise ConfigError(message)
+        self.logger.warning(f"allow_missing_context: True: {what} missing, using the constant 0 in its place")
+
+    def _build_context(self, config, dataset):
+        self._dataset_name = config["dataset"]
+        d = self.hidden_size
+        category_field = config["category_field"]
+        # categories of items, from the item features (never from the batch's target columns)
+        try:
+            item2cat, num_categories = item_categories(dataset, category_field, self.category_select)
+            self.has_categories = True
+        except KeyError:
+            item2cat, num_categories = torch.zeros(self.n_items, dtype=torch.long), 0
+            self._missing(
+                f"the item category field {category_field!r} (category_field)",
+                f"load it as an item feature (load_col: {{item: [{self.ITEM_ID}, {category_field}]}}) or set "
+                f"category_field to the dataset's category field",
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        self.register_buffer("item2cat", item2cat)
+        self.num_categories = int(num_categories)
+
+        # hour slots of history items, from <TIME_FIELD>_slot_list (computed by LSANDataset before normalisation)
+        time_field = config["TIME_FIELD"]
+        slot_field = slot_field_name(config)
+        if time_field in dataset.field2type and slot_field in dataset.field2type:
+            self.SLOT_FIELD = slot_field
+            self.SLOT_SEQ = slot_field + config["LIST_SUFFIX"]
+            self.has_time_slots = True
+        elif time_field in dataset.field2type:
+            raise ConfigError(
+                f"the dataset has no {slot_field!r} field: build it with RecBole's create_dataset and this config "
+                f"(model LSAN), which makes an LSANDataset that computes the hour slots of {time_field!r}"
+            )
+        else:
+            self._missing(
+                f"the interaction time field {time_field!r} (TIME_FIELD)",
+                f"load it (load_col: {{inter: [..., {time_field}]}}) and set TIME_FIELD",
+            )
+
+        # vocabulary of context tuples (joint table): every position of the training split
+        vocabulary = None
+        if self.context_mode == "joint" or self.has_time_slots:
+            c_prev, c_cur, slot, valid = self._training_contexts(dataset)
+            if self.context_mode == "joint":
+                vocabulary = TemporalContextEmbedding.build_vocabulary(
+                    c_prev, c_cur, slot, self.num_categories, self.num_time_slots, valid
+                )
+            if self.has_time_slots:
+                used = torch.unique(slot[valid])
+                self.slots_in_training = int(used.numel())
+                if used.numel() <= 1:
+                    self.logger.warning(
+                        f"the time slot takes a single value in the training data: the timestamps of "
+                        f"{self._dataset_name!r} carry no time of day (positions or day granularity); the context "
+                        f"reduces to the categories"
+                    )
+        self.context_embedding = TemporalContextEmbedding(
+            self.num_categories, self.num_time_slots, d, mode=self.context_mode, vocabulary=vocabulary
+        )
+        self.logger.info(
+            f"LSAN temporal context: categories from item feature {category_field!r} "
+            f"({'C=' + str(self.num_categories) if self.has_categories else 'missing: constant 0'}), "
+            f"time slots from {self.SLOT_SEQ or 'nothing (missing: constant 0)'} "
+            f"(S={self.num_time_slots} of {self.time_slot_seconds} s), {self.context_mode} context table"
+            + (f" of {len(vocabulary)} tuples + UNK" if vocabulary is not None else "")
+        )
+
+    def _training_contexts(self, dataset):
+        """(c_prev, c_cur, slot, valid) of every history position and every target of the training split."""
+        inter = dataset.inter_feat
+        item_seq = inter[self.ITEM_SEQ].long()
+        seq_len = inter[self.ITEM_SEQ_LEN].long()
+        target = inter[self.ITEM_ID].long()
+        cats = self.item2cat[item_seq]
+        last_cat = cats.gather(1, (seq_len - 1).clamp(min=0).unsqueeze(1))
+        c_cur = torch.cat([cats, self.item2cat[target].unsqueeze(1)], dim=1)
+        c_prev = torch.cat([shift_right(cats), last_cat], dim=1)
+        if self.has_time_slots:
+            slot = torch.cat([inter[self.SLOT_SEQ], inter[self.SLOT_FIELD].unsqueeze(1)], dim=1).long()
+        else:
+            slot = torch.zeros_like(c_cur)
+        positions = torch.arange(item_seq.shape[1] + 1).unsqueeze(0)
+        valid = (positions < seq_len.unsqueeze(1)) | (positions == item_seq.shape[1])
+        return c_prev, c_cur, slot.clamp(0, self.num_time_slots - 1), valid
+
+    def context_vectors(self, item_seq, slot_seq=None):
+        """Context embeddings ``r`` of the positions of ``item_seq`` ``[B, T, D]``."""
+        c_cur = self.item2cat[item_seq]
+        c_prev = shift_right(c_cur)
+        if slot_seq is None or not self.has_time_slots:
+            slot = torch.zeros_like(item_seq)
+        else:
+            slot = slot_seq.long().clamp(0, self.num_time_slots - 1)
+        return self.context_embedding(c_prev, c_cur, slot)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # model
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _init_weights(self, module):
+        """N(0, initializer_range) for linear and embedding weights, zero biases, LayerNorm (1, 0), as SASRec;
+        the depth-wise kernels keep torch's Conv1d initialisation."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def embed_items(self, item_seq, slot_seq=None, return_weights=False):
+        """Item representations ``H`` of Eq.(8), ``[B, T, D]`` (before the embedding LayerNorm), and the
+        composition weights ``[B, T, N]`` (None without context attention) when ``return_weights``."""
+        if self.embedding_type == "compositional":
+            base = self.item_embedding.base_vectors(item_seq)  # [B, T, N, D]
+        else:
+            base = self.item_embedding(item_seq).unsqueeze(-2)  # [B, T, 1, D]
+        alpha = None
+        if self.use_context:
+            h, alpha = self.context_composition(base, self.context_vectors(item_seq, slot_seq))
+        else:
+            h = base.sum(-2) if self.composition != "mean" else base.mean(-2)
+        return (h, alpha) if return_weights else h
+
+    def forward(self, item_seq, item_seq_len, slot_seq=None):
+        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
+        # valid positions: inside the sequence's length (whatever the padded cells hold) and not the padding id
+        mask = (position_ids.unsqueeze(0) < item_seq_len.unsqueeze(1)) & (item_seq > 0)
+        h = self.embed_items(item_seq, slot_seq)
+        x = self.dropout(self.LayerNorm(h)) * mask.unsqueeze(-1).to(h.dtype)
+        positions = self.position_embedding(position_ids).unsqueeze(0)
+        attention_mask = self.get_attention_mask(
+            item_seq * mask.to(item_seq.dtype), bidirectional=self.attn_mask == "bidirectional"
+        )
+        output = self.encoder(x, positions, attention_mask, mask)
+        return self.gather_indexes(output, item_seq_len - 1)  # [B, D]
+
+    def _slots(self, interaction):
+        return interaction[self.SLOT_SEQ] if self.SLOT_SEQ is not None else None
+
+    def _sequence_output(self, interaction):
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], self._slots(interaction))
+
+    def item_output_weight(self):
+        """``W_p``, the output vector of every item ``[n_items, D]``: tied to the base tables (their mean, cached in
+        eval mode), the full item table, or the separate output matrix."""
+        if self.output_layer == "full":
+            return self.output_projection.weight
+        if self.embedding_type == "compositional":
+            return self.item_embedding.all_vectors()
+        return self.item_embedding.weight
+
+    def _output_bias(self):
+        if self.output_layer == "full":
+            return self.output_projection.bias
+        return self.output_bias_vector if self.output_bias else None
+
+    def _scores(self, seq_output):
+        scores = torch.matmul(seq_output, self.item_output_weight().transpose(0, 1))
+        bias = self._output_bias()
+        return scores + bias if bias is not None else scores
+
+    def calculate_loss(self, interaction):
+        seq_output = self._sequence_output(interaction)
+        logits = self._scores(seq_output)
+        logits[:, 0] = float("-inf")  # the padding id is never a next item
+        return nn.functional.cross_entropy(logits, interaction[self.POS_ITEM_ID])
+
+    def predict(self, interaction):
+        seq_output = self._sequence_output(interaction)
+        item = interaction[self.ITEM_ID]
+        if self.output_layer == "full" or self.embedding_type == "full":
+            item_emb = self.item_output_weight()[item]
+        else:
+            item_emb = self.item_embedding(item)
+        scores = (seq_output * item_emb).sum(dim=-1)
+        bias = self._output_bias()
+        return scores + bias[item] if bias is not None else scores
+
+    def full_sort_predict(self, interaction):
+        return self._scores(self._sequence_output(interaction))  # [B, n_items]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # reports
+    # ------------------------------------------------------------------------------------------------------------
+
+    def param_breakdown(self):
+        """Parameters by part: ``item_embedding`` (the base tables, or the full table), ``context_embedding`` (the
+        context table(s)), ``context_composition`` (Eq.(6)-(8): attention and MLP), ``position_embedding``,
+        ``encoder`` (embedding LayerNorm and twin-attention layers) and ``output`` (bias, or the separate output
+        matrix). The parts sum to the model's parameter count."""
+        def count(module):
+            return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+        parts = {
+            "item_embedding": count(self.item_embedding),
+            "context_embedding": count(getattr(self, "context_embedding", None)),
+            "context_composition": count(getattr(self, "context_composition", None)),
+            "position_embedding": count(self.position_embedding),
+            "encoder": count(self.LayerNorm) + count(self.encoder),
+            "output": count(getattr(self, "output_projection", None))
+            + (self.output_bias_vector.numel() if hasattr(self, "output_bias_vector") else 0),
+        }
+        return parts
+
+    def benchmark_report(self):
+        """Extra figures for the benchmark: the item tables against a full ``n_items x D`` table (SASRec's item
+        table at the same hidden size), and the context table apart."""
+        parts = self.param_breakdown()
+        full_table = self.n_items * self.hidden_size
+        report = {
+            "item_table_params": parts["item_embedding"],
+            "full_item_table_params": full_table,
+            "item_table_ratio": parts["item_embedding"] / full_table,
+            "context_table_params": parts["context_embedding"],
+            "params_without_context_table": sum(parts.values()) - parts["context_embedding"],
+        }
+        if self.embedding_type == "compositional":
+            report["base_table_sizes"] = list(self.item_embedding.table_sizes)
+        if self.use_context:
+            report["context_mode"] = self.context_mode
+            report["categories"] = self.num_categories
+            if self.context_mode == "joint":
+                report["context_tuples"] = int(len(self.context_embedding.vocabulary))
+            if hasattr(self, "slots_in_training"):
+                report["time_slots_in_training"] = self.slots_in_training
+        return report

@@ -1,0 +1,124 @@
+"""Quotient-remainder compositional embedding: indices, table sizes, parameter formula, merges, cache, drop-in use."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_compress.model.layers.compositional_embedding import (
+    QuotientRemainderEmbedding,
+    qr_indices,
+    qr_table_sizes,
+)
+
+torch.set_num_threads(1)  # 2 shared cores: intra-op threads only contend (20x slower under load)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_qr_indices_unique_in_range_and_sizes_follow_formula(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        v = int(rng.integers(1, 5001))
+        for m in range(1, 8):
+            sizes = qr_table_sizes(v, m, 2)
+            assert sizes == [m, math.ceil(v / m)]
+            q = qr_indices(torch.arange(v), sizes)
+            assert q.shape == (v, 2)
+            assert (q >= 0).all() and (q[:, 0] < sizes[0]).all() and (q[:, 1] < sizes[1]).all()
+            assert len({tuple(row) for row in q.tolist()}) == v  # every item its own pair of base rows
+            # N=2: remainder then quotient (Eq.(1) and Eq.(4)-(5))
+            k = torch.arange(v)
+            assert torch.equal(q[:, 0], k % m) and torch.equal(q[:, 1], k // m)
+
+
+def test_mixed_radix_three_tables_unique_and_explicit_sizes_checked():
+    for v, sizes in [(1000, [10, 10, 10]), (997, [7, 12, 12]), (50, [3, 4, 5])]:
+        assert math.prod(sizes) >= v
+        q = QuotientRemainderEmbedding(v, 4, table_sizes=sizes).indices(torch.arange(1, v + 1))
+        assert len({tuple(row) for row in q.tolist()}) == v
+        for n, size in enumerate(sizes):
+            assert q[:, n].max() < size
+    assert qr_table_sizes(1000, 3, 3) == [3, 3, math.ceil(1000 / 9)]
+    with pytest.raises(ValueError, match="at least the number of items"):
+        QuotientRemainderEmbedding(1001, 4, table_sizes=[10, 10, 10])
+    with pytest.raises(ValueError):
+        qr_table_sizes(100, 0)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+def test_parameter_count_equals_formula(m):
+    v, d = 1234, 16
+    emb = QuotientRemainderEmbedding(v, d, compression_rate=m)
+    expected = (m + math.ceil(v / m)) * d
+    assert sum(p.numel() for p in emb.parameters()) == expected == emb.num_parameters()
+    if m >= 2:  # about m-fold smaller than a (V+1) x D table
+        assert expected / ((v + 1) * d) == pytest.approx(1 / m, abs=1.5 / math.sqrt(v) + m / v)
+
+
+def test_sum_and_mean_merge_match_a_hand_written_gather_and_padding_is_zero():
+    v, d, m = 37, 6, 3
+    emb_sum = QuotientRemainderEmbedding(v, d, compression_rate=m, combine="sum")
+    emb_mean = QuotientRemainderEmbedding(v, d, compression_rate=m, combine="mean")
+    emb_mean.load_state_dict(emb_sum.state_dict())
+    ids = torch.tensor([[1, 5, 37, 0], [2, 3, 0, 0]])
+    e1, e2 = emb_sum.tables[0].weight, emb_sum.tables[1].weight
+    expected = e1[(ids - 1).clamp(min=0) % m] + e2[(ids - 1).clamp(min=0) // m]
+    expected = expected * (ids > 0).unsqueeze(-1)
+    assert torch.allclose(emb_sum(ids), expected)
+    assert torch.allclose(emb_mean(ids), expected / 2)
+    assert torch.equal(emb_sum(torch.tensor([0])), torch.zeros(1, d))
+    base = emb_sum.base_vectors(ids)
+    assert base.shape == (2, 4, 2, d)
+    assert torch.allclose(base[0, 1, 0], e1[4 % m]) and torch.allclose(base[0, 1, 1], e2[4 // m])
+    # .weight: every id's merged vector, row 0 zero, as nn.Embedding.weight
+    weight = emb_sum.weight
+    assert weight.shape == (v + 1, d)
+    assert torch.equal(weight[0], torch.zeros(d))
+    assert torch.allclose(weight[ids], emb_sum(ids))
+
+
+def test_catalogue_cache_in_eval_mode_is_invalidated_by_updates_and_train():
+    emb = QuotientRemainderEmbedding(50, 4, compression_rate=2)
+    emb.eval()
+    with torch.no_grad():
+        first = emb.all_vectors()
+        assert emb.all_vectors() is first  # cached
+        emb.tables[0].weight.add_(1.0)  # an in-place update (optimizer step) invalidates it
+        second = emb.all_vectors()
+        assert second is not first and not torch.allclose(second, first)
+        state = {k: torch.randn_like(w) for k, w in emb.state_dict().items()}
+        emb.load_state_dict(state)  # loading a checkpoint in eval mode invalidates it too
+        third = emb.all_vectors()
+        assert torch.allclose(third, emb._all_vectors())
+    emb.train()
+    assert emb._weight_cache is None
+    with torch.no_grad():
+        assert emb.all_vectors() is not emb.all_vectors()  # no cache in training mode
+    out = emb.all_vectors()
+    out.sum().backward()  # with gradients on, the catalogue is part of the graph
+    assert emb.tables[1].weight.grad is not None
+
+
+def test_drop_in_replacement_of_the_item_table_of_recbole_sasrec(tiny_config):
+    """Reusable under any backbone: RecBole's own SASRec trains with the QR embedding as its item table."""
+    from recbole.data import create_dataset, data_preparation
+
+    from recbole_compress.config import Config
+    from recbole_compress.utils import get_model
+
+    config = Config(model="SASRec", dataset="tiny", config_dict=dict(tiny_config, n_heads=2), read_cmd_line=False)
+    dataset = create_dataset(config)
+    train_data, _, test_data = data_preparation(config, dataset)
+    model = get_model("SASRec")(config, train_data._dataset)
+    full = sum(p.numel() for p in model.parameters())
+    model.item_embedding = QuotientRemainderEmbedding(model.n_items - 1, config["hidden_size"], compression_rate=4)
+    assert sum(p.numel() for p in model.parameters()) < full
+    batch = next(iter(train_data))
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.item_embedding.tables[0].weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        interaction = next(iter(test_data))[0]
+        scores = model.full_sort_predict(interaction)
+    assert scores.shape == (len(interaction), model.n_items)
