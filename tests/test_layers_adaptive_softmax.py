@@ -1,0 +1,102 @@
+"""Block-wise adaptive (tree) softmax: a normalised distribution, identical to torch's AdaptiveLogSoftmaxWithLoss."""
+import pytest
+import torch
+from torch import nn
+
+from recbole_compress.model.layers.adaptive_softmax import AdaptiveSoftmax, adaptive_softmax_parameters
+from recbole_compress.model.layers.frequency_blocks import FrequencyBlocks, resolve_cutoffs
+
+K, D = 1000, 64
+
+
+def _blocks(n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 100, (K + 1,), generator=g)
+    return FrequencyBlocks(counts, resolve_cutoffs(K, n, 0.2))
+
+
+def _torch_oracle(sm, blocks):
+    asm = nn.AdaptiveLogSoftmaxWithLoss(D, K, blocks.cutoffs, div_value=4.0, head_bias=False)
+    with torch.no_grad():
+        asm.head.weight.copy_(sm.head.weight)
+        for j in range(blocks.n_clusters - 1):
+            asm.tail[j][0].weight.copy_(sm.tail[j][0].weight)
+            asm.tail[j][1].weight.copy_(sm.tail[j][1].weight)
+    return asm
+
+
+def test_parameter_count_is_the_closed_form():
+    sm = AdaptiveSoftmax(_blocks(), D, [64, 16, 4])
+    assert sum(p.numel() for p in sm.parameters()) == 19_328 == adaptive_softmax_parameters([200, 160, 640], D, [64, 16, 4])
+    b1 = AdaptiveSoftmax(_blocks(n=1), D, [16])  # B1: low-rank full softmax
+    assert sum(p.numel() for p in b1.parameters()) == 17_024
+
+
+def test_log_probs_sum_to_one_over_the_catalogue_and_equal_torchs():
+    torch.manual_seed(0)
+    blocks = _blocks()
+    sm = AdaptiveSoftmax(blocks, D, [64, 16, 4])
+    asm = _torch_oracle(sm, blocks)
+    h = torch.randn(6, D) * 3
+    ranked = sm.log_prob_ranked(h)
+    assert torch.allclose(torch.logsumexp(ranked, dim=1), torch.zeros(6), atol=1e-5)
+    assert torch.allclose(ranked, asm.log_prob(h), atol=1e-5)
+    full = sm.full_log_prob(h)
+    assert full.shape == (6, K + 1) and torch.isinf(full[:, 0]).all()
+    assert torch.allclose(torch.logsumexp(full[:, 1:], dim=1), torch.zeros(6), atol=1e-5)
+    # catalogue order: item x sits at column x and has the log-prob of its rank
+    for item in (1, 17, 500, 1000):
+        assert torch.allclose(full[:, item], ranked[:, blocks.item_rank[item]])
+
+
+def test_target_log_prob_and_loss_equal_torchs_on_catalogue_ids():
+    torch.manual_seed(1)
+    blocks = _blocks()
+    sm = AdaptiveSoftmax(blocks, D, [64, 16, 4])
+    asm = _torch_oracle(sm, blocks)
+    h = torch.randn(50, D)
+    items = torch.randint(1, K + 1, (50,))
+    out = asm(h, blocks.item_rank[items])
+    lp = sm.target_log_prob(h, items)
+    assert torch.allclose(lp, out.output, atol=1e-5)
+    assert torch.allclose(sm(h, items), out.loss, atol=1e-5)
+    assert torch.allclose(lp, sm.full_log_prob(h).gather(1, items[:, None]).squeeze(1), atol=1e-5)
+    # the targets span every block
+    assert set(blocks.item_cluster[items].tolist()) == {0, 1, 2}
+
+
+def test_loss_gradients_equal_torchs():
+    torch.manual_seed(2)
+    blocks = _blocks()
+    sm = AdaptiveSoftmax(blocks, D, [64, 16, 4])
+    asm = _torch_oracle(sm, blocks)
+    h = torch.randn(40, D)
+    items = torch.randint(1, K + 1, (40,))
+    sm(h, items).backward()
+    asm(h, blocks.item_rank[items]).loss.backward()
+    assert torch.allclose(sm.head.weight.grad, asm.head.weight.grad, atol=1e-6)
+    assert torch.allclose(sm.tail[1][1].weight.grad, asm.tail[1][1].weight.grad, atol=1e-6)
+
+
+def test_one_full_width_block_is_a_plain_unbiased_softmax():
+    blocks = _blocks(n=1)
+    sm = AdaptiveSoftmax(blocks, D, [D])
+    h = torch.randn(4, D)
+    assert torch.allclose(sm.log_prob_ranked(h), torch.log_softmax(h @ sm.head.weight.t(), dim=1), atol=1e-6)
+
+
+def test_explicit_widths_and_head_projection_stay_normalised():
+    blocks = _blocks(n=4)
+    sm = AdaptiveSoftmax(blocks, D, [32, 8, 2, 1])
+    assert sm.head_projection is not None
+    h = torch.randn(3, D)
+    assert torch.allclose(torch.logsumexp(sm.log_prob_ranked(h), 1), torch.zeros(3), atol=1e-5)
+    items = torch.arange(1, K + 1, 97)
+    assert torch.allclose(sm.target_log_prob(h[:1].expand(len(items), D), items),
+                          sm.full_log_prob(h[:1])[0, items], atol=1e-5)
+
+
+def test_padding_target_is_refused():
+    sm = AdaptiveSoftmax(_blocks(), D, [64, 16, 4])
+    with pytest.raises(ValueError, match="padding"):
+        sm.target_log_prob(torch.randn(2, D), torch.tensor([3, 0]))
