@@ -58,3 +58,21 @@ def test_gradients_reach_only_the_rows_used():
     assert emb.tables[0].grad[0].abs().sum() > 0
     assert emb.tables[0].grad[1:].abs().sum() == 0
     assert emb.tables[1].grad is None or emb.tables[1].grad.abs().sum() == 0
+
+
+def test_large_batches_take_the_materialised_path_with_the_same_values_and_gradients():
+    torch.manual_seed(0)
+    blocks = _blocks()
+    emb = AdaptiveEmbedding(blocks, 16, [16, 4, 1])
+    items = torch.randint(0, 1001, (2, 600))  # 1200 positions >= K = 1000: one K x d matrix, then a gather
+    big = emb(items)
+    rows = torch.cat([emb(items[:1]), emb(items[1:])])  # 600 positions each: the per-block gathers
+    assert torch.allclose(big, rows, atol=1e-6)
+    assert torch.equal(big[items == 0], torch.zeros(int((items == 0).sum()), 16))
+    grads = []
+    for out in (lambda: emb(items), lambda: torch.cat([emb(items[:1]), emb(items[1:])])):
+        emb.zero_grad()
+        (out() * torch.arange(16.0)).sum().backward()
+        grads.append([p.grad.clone() for p in emb.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -100,3 +100,18 @@ def test_padding_target_is_refused():
     sm = AdaptiveSoftmax(_blocks(), D, [64, 16, 4])
     with pytest.raises(ValueError, match="padding"):
         sm.target_log_prob(torch.randn(2, D), torch.tensor([3, 0]))
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 3000])
+def test_evaluation_path_equals_the_differentiable_one(chunk_elements):
+    torch.manual_seed(3)
+    blocks = _blocks()
+    sm = AdaptiveSoftmax(blocks, D, [64, 16, 4]).eval()
+    h = torch.randn(7, D)
+    reference = sm.full_log_prob(h)  # parameters require grad: the differentiable path
+    assert reference.requires_grad
+    with torch.no_grad():
+        fast = sm.full_log_prob(h, chunk_elements=chunk_elements)
+    assert not fast.requires_grad and fast.shape == reference.shape
+    assert torch.isinf(fast[:, 0]).all()
+    assert torch.allclose(fast[:, 1:], reference[:, 1:], atol=1e-5)

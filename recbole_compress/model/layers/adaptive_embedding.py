@@ -9,8 +9,9 @@ projection ``W^j`` (``d_j x d``, no bias) to the model width::
     v_0 = 0                     the padding id
 
 ``g(x)`` is the item's index inside its block. Parameters: ``k_1 d + sum_{j>=2} (k_j + d) d_j``.
-Rows are looked up block by block (only the positions whose item is in block j touch block j); the full ``K x d``
-matrix is never built in training or inference (:meth:`AdaptiveEmbedding.materialise` builds it for inspection).
+Rows are looked up block by block (only the positions whose item is in block j touch block j). When a batch has more
+positions than there are items (large training batches), building the ``K x d`` matrix once and gathering from it is
+cheaper and gives the same values; the stored parameters are the factorised ones either way.
 """
 import torch
 from torch import nn
@@ -67,6 +68,11 @@ class AdaptiveEmbedding(nn.Module):
         return None if p is None else self.projections[p]
 
     def forward(self, items):
+        if items.numel() >= self.blocks.n_real_items:
+            # more positions than items: building the K x d matrix once is cheaper than gathering per block
+            # (identical values; the parameters stay factorised)
+            weight = torch.cat([self.tables[0].new_zeros(1, self.embedding_dim), self.materialise()], dim=0)
+            return F.embedding(self.blocks.item_rank[items] + 1, weight)  # padding (rank -1) -> the zero row
         flat = items.reshape(-1)
         cluster = self.blocks.item_cluster[flat]
         local = self.blocks.item_local[flat]
@@ -79,7 +85,7 @@ class AdaptiveEmbedding(nn.Module):
             w = self.projection(j)
             if w is not None:
                 vectors = vectors @ w
-            out = out.index_copy(0, idx, vectors)
+            out.index_copy_(0, idx, vectors)
         return out.view(*items.shape, self.embedding_dim)
 
     def materialise(self):

@@ -94,10 +94,38 @@ class AdaptiveSoftmax(nn.Module):
             parts.append(self._tail_log_prob(j, h) + head[:, self.shortlist_size + j - 1 : self.shortlist_size + j])
         return torch.cat(parts, dim=-1)
 
-    def full_log_prob(self, h, pad_value=float("-inf")):
+    def full_log_prob(self, h, pad_value=float("-inf"), chunk_elements=1 << 20):
         """Log-probabilities of every item in RecBole's catalogue order, ``[N, n_items]``; column 0 (padding) is
-        ``pad_value``. This is what a ``full_sort_predict`` returns."""
-        return self.blocks.to_item_order(self.log_prob_ranked(h), pad_value)
+        ``pad_value``. This is what a ``full_sort_predict`` returns.
+
+        Without autograd (evaluation), rows are scored in chunks of about ``chunk_elements`` scores: each chunk's
+        rank-order scores stay small and cache-resident and are written once, permuted, into the output.
+        """
+        grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if grad or (self.training and self.dropout.p > 0):
+            return self.blocks.to_item_order(self.log_prob_ranked(h), pad_value)
+        n_rows = h.shape[0]
+        K = self.blocks.n_real_items
+        out = h.new_empty(n_rows, self.blocks.n_items)
+        step = max(1, chunk_elements // (K + 1))
+        for start in range(0, n_rows, step):
+            torch.index_select(
+                self._ranked_chunk(h[start : start + step], pad_value), 1, self.blocks.catalogue_index,
+                out=out[start : start + step],
+            )
+        return out
+
+    def _ranked_chunk(self, h, pad_value):
+        """No-grad rank-order log-probabilities of a few rows, plus a last column holding ``pad_value``."""
+        k1 = self.shortlist_size
+        x = self.head_projection(h) if self.head_projection is not None else h
+        head = F.log_softmax(self.head(x), dim=1)
+        parts = [head[:, :k1]]
+        for j in range(1, self.blocks.n_clusters):
+            proj, tail = self.tail[j - 1]
+            parts.append(F.log_softmax(tail(proj(h)), dim=1).add_(head[:, k1 + j - 1 : k1 + j]))
+        parts.append(h.new_full((h.shape[0], 1), pad_value))
+        return torch.cat(parts, dim=1)
 
     def target_log_prob(self, h, items):
         """``log p(items | h)`` for item ids ``[N]`` (catalogue order), ``[N]``: the head for every row, and for the
@@ -105,19 +133,19 @@ class AdaptiveSoftmax(nn.Module):
         if (items <= 0).any():
             raise ValueError("AdaptiveSoftmax: item id 0 (padding) has no probability; targets must be real items")
         h = self.dropout(h)
-        head = self._head_log_prob(h)
+        x = self.head_projection(h) if self.head_projection is not None else h
         cluster = self.blocks.item_cluster[items]
         local = self.blocks.item_local[items]
-        out = h.new_zeros(items.shape[0])
-        rows = (cluster == 0).nonzero(as_tuple=True)[0]
-        if rows.numel():
-            out = out.index_copy(0, rows, head[rows, local[rows]])
+        # head label: the item itself in the head block, its block's cluster token otherwise
+        head_target = torch.where(cluster == 0, local, self.shortlist_size + cluster - 1)
+        out = -F.cross_entropy(self.head(x), head_target, reduction="none")
         for j in range(1, self.blocks.n_clusters):
             rows = (cluster == j).nonzero(as_tuple=True)[0]
             if rows.numel() == 0:
                 continue
-            lp = self._tail_log_prob(j, h[rows]).gather(1, local[rows].unsqueeze(1)).squeeze(1)
-            out = out.index_copy(0, rows, lp + head[rows, self.shortlist_size + j - 1])
+            proj, tail = self.tail[j - 1]
+            logits = tail(self.dropout(proj(h[rows])))
+            out = out.index_add(0, rows, -F.cross_entropy(logits, local[rows], reduction="none"))
         return out
 
     def forward(self, h, items):

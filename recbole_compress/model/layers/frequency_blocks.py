@@ -134,7 +134,8 @@ class FrequencyBlocks(nn.Module):
 
     Persistent state: ``rank_item`` (int32 [K], the item id at every rank) and ``bounds`` ([n+1] cumulative
     boundaries ``0 = c_0 < ... < c_n = K``). Derived lookup tables (not saved): ``item_rank``, ``item_cluster`` and
-    ``item_local`` ([n_items], -1 for the padding id).
+    ``item_local`` ([n_items], -1 for the padding id), and ``catalogue_index`` ([n_items], the rank of every item
+    and K for the padding id).
 
     Args:
         counts (Tensor): [n_items] frequency of every item id (index 0 = padding, ignored).
@@ -172,6 +173,8 @@ class FrequencyBlocks(nn.Module):
         self.register_buffer("item_rank", item_rank, persistent=False)
         self.register_buffer("item_cluster", item_cluster, persistent=False)
         self.register_buffer("item_local", item_local, persistent=False)
+        # column of every item id in a rank-order score row extended by one padding column (index K)
+        self.register_buffer("catalogue_index", torch.where(item_rank < 0, K, item_rank), persistent=False)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
