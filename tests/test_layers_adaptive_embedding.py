@@ -32,9 +32,9 @@ def test_lookup_equals_the_materialised_rows_and_padding_is_zero():
             if item == 0:
                 assert torch.equal(out[b, t], torch.zeros(64))
             else:
-                assert torch.allclose(out[b, t], full[blocks.item_rank[item]], atol=1e-6)
+                assert torch.allclose(out[b, t], full[blocks.item_position[item]], atol=1e-6)
     # rows of a tail block are a narrow vector times the block's projection
-    tail_item = int(blocks.rank_item[blocks.bounds[2]])  # first item of block 3
+    tail_item = int(blocks.item_order[blocks.bounds[2]])  # first item of block 3
     local = int(blocks.item_local[tail_item])
     assert torch.allclose(emb(torch.tensor([tail_item]))[0], emb.tables[2][local] @ emb.projection(2), atol=1e-6)
     assert emb.projection(0) is None
@@ -45,7 +45,7 @@ def test_one_full_width_block_is_a_plain_lookup():
     emb = AdaptiveEmbedding(blocks, 32, [32])
     plain = nn.Embedding(1001, 32, padding_idx=0)
     with torch.no_grad():
-        plain.weight[1:] = emb.tables[0][blocks.item_rank[1:]]
+        plain.weight[1:] = emb.tables[0][blocks.item_position[1:]]
     items = torch.randint(0, 1001, (3, 7))
     assert torch.allclose(emb(items), plain(items))
 
@@ -53,7 +53,7 @@ def test_one_full_width_block_is_a_plain_lookup():
 def test_gradients_reach_only_the_rows_used():
     blocks = _blocks()
     emb = AdaptiveEmbedding(blocks, 16, [16, 4, 1])
-    head_item = int(blocks.rank_item[0])
+    head_item = int(blocks.item_order[0])
     emb(torch.tensor([head_item, 0])).sum().backward()
     assert emb.tables[0].grad[0].abs().sum() > 0
     assert emb.tables[0].grad[1:].abs().sum() == 0

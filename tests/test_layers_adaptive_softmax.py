@@ -38,7 +38,7 @@ def test_log_probs_sum_to_one_over_the_catalogue_and_equal_torchs():
     sm = AdaptiveSoftmax(blocks, D, [64, 16, 4])
     asm = _torch_oracle(sm, blocks)
     h = torch.randn(6, D) * 3
-    ranked = sm.log_prob_ranked(h)
+    ranked = sm.log_prob_block_order(h)
     assert torch.allclose(torch.logsumexp(ranked, dim=1), torch.zeros(6), atol=1e-5)
     assert torch.allclose(ranked, asm.log_prob(h), atol=1e-5)
     full = sm.full_log_prob(h)
@@ -46,7 +46,7 @@ def test_log_probs_sum_to_one_over_the_catalogue_and_equal_torchs():
     assert torch.allclose(torch.logsumexp(full[:, 1:], dim=1), torch.zeros(6), atol=1e-5)
     # catalogue order: item x sits at column x and has the log-prob of its rank
     for item in (1, 17, 500, 1000):
-        assert torch.allclose(full[:, item], ranked[:, blocks.item_rank[item]])
+        assert torch.allclose(full[:, item], ranked[:, blocks.item_position[item]])
 
 
 def test_target_log_prob_and_loss_equal_torchs_on_catalogue_ids():
@@ -56,7 +56,7 @@ def test_target_log_prob_and_loss_equal_torchs_on_catalogue_ids():
     asm = _torch_oracle(sm, blocks)
     h = torch.randn(50, D)
     items = torch.randint(1, K + 1, (50,))
-    out = asm(h, blocks.item_rank[items])
+    out = asm(h, blocks.item_position[items])
     lp = sm.target_log_prob(h, items)
     assert torch.allclose(lp, out.output, atol=1e-5)
     assert torch.allclose(sm(h, items), out.loss, atol=1e-5)
@@ -73,7 +73,7 @@ def test_loss_gradients_equal_torchs():
     h = torch.randn(40, D)
     items = torch.randint(1, K + 1, (40,))
     sm(h, items).backward()
-    asm(h, blocks.item_rank[items]).loss.backward()
+    asm(h, blocks.item_position[items]).loss.backward()
     assert torch.allclose(sm.head.weight.grad, asm.head.weight.grad, atol=1e-6)
     assert torch.allclose(sm.tail[1][1].weight.grad, asm.tail[1][1].weight.grad, atol=1e-6)
 
@@ -82,7 +82,7 @@ def test_one_full_width_block_is_a_plain_unbiased_softmax():
     blocks = _blocks(n=1)
     sm = AdaptiveSoftmax(blocks, D, [D])
     h = torch.randn(4, D)
-    assert torch.allclose(sm.log_prob_ranked(h), torch.log_softmax(h @ sm.head.weight.t(), dim=1), atol=1e-6)
+    assert torch.allclose(sm.log_prob_block_order(h), torch.log_softmax(h @ sm.head.weight.t(), dim=1), atol=1e-6)
 
 
 def test_explicit_widths_and_head_projection_stay_normalised():
@@ -90,7 +90,7 @@ def test_explicit_widths_and_head_projection_stay_normalised():
     sm = AdaptiveSoftmax(blocks, D, [32, 8, 2, 1])
     assert sm.head_projection is not None
     h = torch.randn(3, D)
-    assert torch.allclose(torch.logsumexp(sm.log_prob_ranked(h), 1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(torch.logsumexp(sm.log_prob_block_order(h), 1), torch.zeros(3), atol=1e-5)
     items = torch.arange(1, K + 1, 97)
     assert torch.allclose(sm.target_log_prob(h[:1].expand(len(items), D), items),
                           sm.full_log_prob(h[:1])[0, items], atol=1e-5)

@@ -11,22 +11,36 @@ from recbole_compress.model.layers.frequency_blocks import (
 from recbole_compress.utils import ConfigError
 
 
-def test_ranking_is_descending_count_ties_by_id_and_excludes_padding():
+def test_blocks_follow_descending_count_with_ties_by_id_and_exclude_padding():
     counts = torch.tensor([99, 3, 5, 5, 0, 1, 5])  # id 0 is padding: its count is ignored
     blocks = FrequencyBlocks(counts, [2, 4])
-    assert blocks.rank_item.tolist() == [2, 3, 6, 1, 5, 4]
-    assert blocks.item_rank.tolist() == [-1, 3, 0, 1, 5, 4, 2]
-    assert blocks.item_rank[blocks.rank_item.long()].tolist() == list(range(6))
+    # frequency order 2, 3, 6 (count 5, ties by id), 1 (3), 5 (1), 4 (0); blocks of 2; ascending ids inside a block
+    assert blocks.item_order.tolist() == [2, 3, 1, 6, 4, 5]
+    assert blocks.item_position.tolist() == [-1, 2, 0, 1, 4, 5, 3]
+    assert blocks.item_position[blocks.item_order.long()].tolist() == list(range(6))
     assert blocks.sizes == [2, 2, 2] and blocks.cutoffs == [2, 4] and blocks.n_clusters == 3
     assert blocks.item_cluster.tolist() == [-1, 1, 0, 0, 2, 2, 1]
-    assert blocks.item_local.tolist() == [-1, 1, 0, 1, 1, 0, 0]
+    assert blocks.item_local.tolist() == [-1, 0, 0, 1, 0, 1, 1]
+    assert blocks.catalogue_index.tolist() == [6, 2, 0, 1, 4, 5, 3]
     assert blocks.n_items == 7 and blocks.n_real_items == 6
 
 
-def test_zero_count_items_go_last_by_id():
+def test_every_item_of_a_block_is_at_least_as_frequent_as_any_later_one():
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 30, (501,), generator=g)
+    blocks = FrequencyBlocks(counts, resolve_cutoffs(500, 4, 0.2))
+    ordered = counts[blocks.item_order.long()]
+    b = blocks.bounds.tolist()
+    for j in range(3):
+        assert ordered[b[j]:b[j + 1]].min() >= ordered[b[j + 1]:b[j + 2]].max()
+        assert (blocks.item_order[b[j]:b[j + 1]].diff() > 0).all()
+    assert sorted(blocks.item_order.tolist()) == list(range(1, 501))
+
+
+def test_zero_count_items_go_last():
     counts = torch.tensor([0, 0, 4, 0, 2, 0])
     blocks = FrequencyBlocks(counts, [1])
-    assert blocks.rank_item.tolist() == [2, 4, 1, 3, 5]
+    assert blocks.item_order.tolist() == [2, 1, 3, 4, 5]
 
 
 def test_ratio_rule_is_the_papers_recursive_two_to_eight_split():
@@ -80,20 +94,20 @@ def test_cluster_dims():
 def test_partition_survives_state_dict_round_trip_onto_other_counts():
     saved = FrequencyBlocks(torch.tensor([0, 1, 9, 3, 7, 5]), [2])
     other = FrequencyBlocks(torch.tensor([0, 5, 4, 3, 2, 1]), [1, 3])
-    assert other.rank_item.tolist() != saved.rank_item.tolist()
+    assert other.item_order.tolist() != saved.item_order.tolist()
     other.load_state_dict(saved.state_dict())
-    for name in ("rank_item", "bounds", "item_rank", "item_cluster", "item_local"):
+    for name in ("item_order", "bounds", "item_position", "item_cluster", "item_local"):
         assert torch.equal(getattr(other, name), getattr(saved, name))
-    assert set(saved.state_dict()) == {"rank_item", "bounds"}  # derived tables are rebuilt, not stored
+    assert set(saved.state_dict()) == {"item_order", "bounds"}  # derived tables are rebuilt, not stored
 
 
-def test_to_item_order_scatters_rank_scores_to_ids():
+def test_to_catalogue_order_scatters_block_order_scores_to_ids():
     blocks = FrequencyBlocks(torch.tensor([0, 1, 9, 3, 7, 5]), [2])
-    rank_scores = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0]])
-    out = blocks.to_item_order(rank_scores)
+    scores = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0]])
+    out = blocks.to_catalogue_order(scores)
     assert out.shape == (1, 6) and out[0, 0] == float("-inf")
-    for item in range(1, 6):
-        assert out[0, item] == rank_scores[0, blocks.item_rank[item]]
+    for position, item in enumerate(blocks.item_order.tolist()):
+        assert out[0, item] == scores[0, position]
 
 
 class _FakeDataset:

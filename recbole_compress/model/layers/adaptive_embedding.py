@@ -72,7 +72,7 @@ class AdaptiveEmbedding(nn.Module):
             # more positions than items: building the K x d matrix once is cheaper than gathering per block
             # (identical values; the parameters stay factorised)
             weight = torch.cat([self.tables[0].new_zeros(1, self.embedding_dim), self.materialise()], dim=0)
-            return F.embedding(self.blocks.item_rank[items] + 1, weight)  # padding (rank -1) -> the zero row
+            return F.embedding(self.blocks.item_position[items] + 1, weight)  # padding (position -1) -> the zero row
         flat = items.reshape(-1)
         cluster = self.blocks.item_cluster[flat]
         local = self.blocks.item_local[flat]
@@ -89,7 +89,7 @@ class AdaptiveEmbedding(nn.Module):
         return out.view(*items.shape, self.embedding_dim)
 
     def materialise(self):
-        """The effective ``[K, d]`` input matrix in rank order (``[E^1; Ê^2 W^2; ...]``), for inspection and tests."""
+        """The effective ``[K, d]`` input matrix in block order (``[E^1; Ê^2 W^2; ...]``), for inspection and tests."""
         parts = []
         for j, t in enumerate(self.tables):
             w = self.projection(j)

@@ -4,9 +4,9 @@
 The head softmax scores the ``k_1`` head items and ``n - 1`` cluster tokens, one per tail block; tail block ``j``
 has its own softmax over its ``k_j`` items, computed from a projection of ``h`` to width ``d_j``::
 
-    z^1 = h P^1                       [k_1 + n - 1]   (head items in rank order, then the cluster tokens)
+    z^1 = h P^1                       [k_1 + n - 1]   (head items in block order, then the cluster tokens)
     z^j = (h W^j) P^j                 [k_j]
-    log p(x | h) = log_softmax(z^1)[rank(x)]                                       x in the head block
+    log p(x | h) = log_softmax(z^1)[g(x)]                                          x in the head block
     log p(x | h) = log_softmax(z^1)[k_1 + j - 2] + log_softmax(z^j)[g(x)]          x in tail block j
 
 This is a normalised distribution over all K items, so ranking by it is exact full ranking. The layout and the
@@ -14,7 +14,7 @@ arithmetic are those of ``torch.nn.AdaptiveLogSoftmaxWithLoss(d, K, cutoffs, div
 is ``Linear(d, k_1 + n - 1, bias=False)`` and ``tail[j-2]`` is ``Sequential(Linear(d, d_j), Linear(d_j, k_j))``
 without biases, so weights copy one to one (the tests use torch's module as the oracle). Differences from torch's:
 explicit block widths (torch only has ``d // div_value**j``, which reaches 0 at small d), an optional head projection
-(``d_1 < d``, the B1 low-rank ablation), item ids in RecBole's catalogue order in and out (the rank order is internal),
+(``d_1 < d``, the B1 low-rank ablation), item ids in RecBole's catalogue order in and out (the block order is internal),
 and optional dropout on ``h`` and the tail projections (the official code's ``dropout``, default 0).
 
 Parameters: ``d (k_1 + n - 1) + sum_{j>=2} (d + k_j) d_j`` (plus ``d d_1`` and ``d_1`` replacing ``d`` in the head
@@ -85,8 +85,9 @@ class AdaptiveSoftmax(nn.Module):
         return F.log_softmax(out(self.dropout(proj(h))), dim=-1)
 
     # -- public -----------------------------------------------------------------------------------------------
-    def log_prob_ranked(self, h):
-        """Log-probabilities of all K items in rank order, ``[N, K]`` (torch's ``log_prob`` layout)."""
+    def log_prob_block_order(self, h):
+        """Log-probabilities of all K items in block order, ``[N, K]`` (torch's ``log_prob`` layout, class c = the
+        item at position c of ``blocks.item_order``)."""
         h = self.dropout(h)
         head = self._head_log_prob(h)
         parts = [head[:, : self.shortlist_size]]
@@ -99,24 +100,24 @@ class AdaptiveSoftmax(nn.Module):
         ``pad_value``. This is what a ``full_sort_predict`` returns.
 
         Without autograd (evaluation), rows are scored in chunks of about ``chunk_elements`` scores: each chunk's
-        rank-order scores stay small and cache-resident and are written once, permuted, into the output.
+        block-order scores stay small and cache-resident and are written once, permuted, into the output.
         """
         grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in self.parameters()))
         if grad or (self.training and self.dropout.p > 0):
-            return self.blocks.to_item_order(self.log_prob_ranked(h), pad_value)
+            return self.blocks.to_catalogue_order(self.log_prob_block_order(h), pad_value)
         n_rows = h.shape[0]
         K = self.blocks.n_real_items
         out = h.new_empty(n_rows, self.blocks.n_items)
         step = max(1, chunk_elements // (K + 1))
         for start in range(0, n_rows, step):
             torch.index_select(
-                self._ranked_chunk(h[start : start + step], pad_value), 1, self.blocks.catalogue_index,
+                self._block_order_chunk(h[start : start + step], pad_value), 1, self.blocks.catalogue_index,
                 out=out[start : start + step],
             )
         return out
 
-    def _ranked_chunk(self, h, pad_value):
-        """No-grad rank-order log-probabilities of a few rows, plus a last column holding ``pad_value``."""
+    def _block_order_chunk(self, h, pad_value):
+        """No-grad block-order log-probabilities of a few rows, plus a last column holding ``pad_value``."""
         k1 = self.shortlist_size
         x = self.head_projection(h) if self.head_projection is not None else h
         head = F.log_softmax(self.head(x), dim=1)

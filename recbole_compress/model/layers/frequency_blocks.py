@@ -5,7 +5,12 @@ into ``n`` contiguous blocks (clusters) of that ranking: a head of popular items
 (Sun et al., "A Generic Network Compression Framework for Sequential Recommender Systems", SIGIR 2020, §3.1; the same
 idea as Baevski & Auli's adaptive input and Grave et al.'s adaptive softmax).
 
-RecBole's item id 0 is the padding id: it is in no block (rank, block and local index -1) and never a target.
+RecBole's item id 0 is the padding id: it is in no block (position, block and local index -1) and never a target.
+
+Block order: the layers index items by their *position* in block order, blocks in frequency order and, inside a
+block, items by ascending id. Only block membership carries meaning (the paper's model is invariant to the order
+inside a block); ascending ids inside a block make the final permutation of scores to RecBole's catalogue order a
+merge of ``n`` increasing runs, about twice as fast as a random permutation on CPU.
 
 Usable under any RecBole backbone::
 
@@ -42,7 +47,7 @@ def _is_int(value):
 
 def resolve_cutoffs(n_real_items, n_clusters=3, split_ratio=0.2, cutoffs=None,
                     cutoffs_key="cluster_cutoffs", n_clusters_key="n_clusters", split_ratio_key="split_ratio"):
-    """Cumulative block boundaries ``[c_1, ..., c_{n-1}]`` in rank space (``0 < c_1 < ... < c_{n-1} < K``).
+    """Cumulative block boundaries ``[c_1, ..., c_{n-1}]`` in frequency-rank space (``0 < c_1 < ... < c_{n-1} < K``).
 
     Args:
         n_real_items (int): K, the number of real items (RecBole's ``n_items - 1``).
@@ -132,10 +137,10 @@ class FrequencyBlocks(nn.Module):
     """The partition of items ``1..K`` into frequency-ranked blocks, kept as buffers so that a checkpoint restores the
     same partition.
 
-    Persistent state: ``rank_item`` (int32 [K], the item id at every rank) and ``bounds`` ([n+1] cumulative
-    boundaries ``0 = c_0 < ... < c_n = K``). Derived lookup tables (not saved): ``item_rank``, ``item_cluster`` and
-    ``item_local`` ([n_items], -1 for the padding id), and ``catalogue_index`` ([n_items], the rank of every item
-    and K for the padding id).
+    Persistent state: ``item_order`` (int32 [K], the item id at every position of block order) and ``bounds``
+    ([n+1] cumulative boundaries ``0 = c_0 < ... < c_n = K``). Derived lookup tables (not saved): ``item_position``,
+    ``item_cluster`` and ``item_local`` ([n_items], -1 for the padding id), and ``catalogue_index`` ([n_items], the
+    position of every item and K for the padding id).
 
     Args:
         counts (Tensor): [n_items] frequency of every item id (index 0 = padding, ignored).
@@ -153,33 +158,35 @@ class FrequencyBlocks(nn.Module):
         bounds = [0] + cutoffs + [K]
         if any(b <= a for a, b in zip(bounds[:-1], bounds[1:])):
             raise ConfigError(f"block cut-offs {cutoffs} must be strictly increasing inside (0, {K})")
-        # descending count, ties by ascending id (stable sort on the negated counts of ids 1..K)
+        # frequency order: descending count, ties by ascending id (stable sort on the negated counts of ids 1..K);
+        # cut into blocks, then ascending ids inside every block
         order = torch.sort(-counts[1:], stable=True).indices + 1
-        self.register_buffer("rank_item", order.to(torch.int32))
+        order = torch.cat([order[a:b].sort().values for a, b in zip(bounds[:-1], bounds[1:])])
+        self.register_buffer("item_order", order.to(torch.int32))
         self.register_buffer("bounds", torch.tensor(bounds, dtype=torch.long))
         self._derive()
 
     def _derive(self):
-        rank_item = self.rank_item.long()
-        K = rank_item.numel()
-        device = rank_item.device
-        item_rank = torch.full((K + 1,), -1, dtype=torch.long, device=device)
-        item_rank[rank_item] = torch.arange(K, device=device)
-        rank_cluster = torch.bucketize(torch.arange(K, device=device), self.bounds[1:], right=True)
+        item_order = self.item_order.long()
+        K = item_order.numel()
+        device = item_order.device
+        item_position = torch.full((K + 1,), -1, dtype=torch.long, device=device)
+        item_position[item_order] = torch.arange(K, device=device)
+        position_cluster = torch.bucketize(torch.arange(K, device=device), self.bounds[1:], right=True)
         item_cluster = torch.full((K + 1,), -1, dtype=torch.long, device=device)
-        item_cluster[rank_item] = rank_cluster
+        item_cluster[item_order] = position_cluster
         item_local = torch.full((K + 1,), -1, dtype=torch.long, device=device)
-        item_local[rank_item] = torch.arange(K, device=device) - self.bounds[rank_cluster]
-        self.register_buffer("item_rank", item_rank, persistent=False)
+        item_local[item_order] = torch.arange(K, device=device) - self.bounds[position_cluster]
+        self.register_buffer("item_position", item_position, persistent=False)
         self.register_buffer("item_cluster", item_cluster, persistent=False)
         self.register_buffer("item_local", item_local, persistent=False)
-        # column of every item id in a rank-order score row extended by one padding column (index K)
-        self.register_buffer("catalogue_index", torch.where(item_rank < 0, K, item_rank), persistent=False)
+        # column of every item id in a block-order score row extended by one padding column (index K)
+        self.register_buffer("catalogue_index", torch.where(item_position < 0, K, item_position), persistent=False)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         # the saved partition may differ in size from the one built at construction time (other data)
-        for name in ("rank_item", "bounds"):
+        for name in ("item_order", "bounds"):
             key = prefix + name
             if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
@@ -198,11 +205,11 @@ class FrequencyBlocks(nn.Module):
     @property
     def n_items(self):
         """RecBole's ``n_items``: K real items plus the padding id."""
-        return self.rank_item.numel() + 1
+        return self.item_order.numel() + 1
 
     @property
     def n_real_items(self):
-        return self.rank_item.numel()
+        return self.item_order.numel()
 
     @property
     def n_clusters(self):
@@ -220,10 +227,10 @@ class FrequencyBlocks(nn.Module):
         return [b[j + 1] - b[j] for j in range(len(b) - 1)]
 
     # -- orders -----------------------------------------------------------------------------------------------
-    def to_item_order(self, rank_scores, pad_value=float("-inf")):
-        """Scores in rank order ``[..., K]`` to RecBole's item-id order ``[..., n_items]`` (column 0 = ``pad_value``)."""
-        out = rank_scores.new_full(rank_scores.shape[:-1] + (self.n_items,), pad_value)
-        out[..., 1:] = rank_scores.index_select(-1, self.item_rank[1:])
+    def to_catalogue_order(self, scores, pad_value=float("-inf")):
+        """Scores in block order ``[..., K]`` to RecBole's item-id order ``[..., n_items]`` (column 0 = ``pad_value``)."""
+        out = scores.new_full(scores.shape[:-1] + (self.n_items,), pad_value)
+        out[..., 1:] = scores.index_select(-1, self.item_position[1:])
         return out
 
     def extra_repr(self):
