@@ -94,8 +94,10 @@ class CausalConv1d(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x, dilation=1):
-        x = F.pad(x, ((self.kernel_size - 1) * dilation, 0))
-        return F.conv1d(x, self.weight, self.bias, dilation=dilation)
+        # run as a (1 x k) 2-D convolution over [B, C, 1, L]: the same arithmetic as conv1d, and about twice as fast
+        # on CPU (oneDNN), as RecBole's NextItNet does
+        x = F.pad(x.unsqueeze(2), ((self.kernel_size - 1) * dilation, 0))
+        return F.conv2d(x, self.weight.unsqueeze(2), self.bias, dilation=(1, dilation)).squeeze(2)
 
 
 class NextItNetResidualStack(nn.Module):
