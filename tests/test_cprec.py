@@ -244,3 +244,17 @@ def test_one_epoch_tiny_run_saves_and_reloads(tiny_data_path, tmp_path):
     state = torch.load(result["checkpoint"], weights_only=True)["state_dict"]
     assert torch.equal(model.blocks.item_order, state["blocks.item_order"])
     assert torch.equal(model.item_embedding.tables[0], state["item_embedding.tables.0"])
+
+
+def test_trailing_padding_is_trimmed_without_changing_any_output(tiny_data):
+    model, train = _model(tiny_data, **UNCOMPRESSED)
+    model.eval()
+    batch = _batch(train)
+    seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    short = seq.clone()
+    short[:, 3:] = 0
+    short_len = lengths.clamp(max=3)
+    with torch.no_grad():
+        full_width = model.gather_indexes(model.encode(short), short_len - 1)
+        assert model._trim(short, short_len).shape[1] == 3
+        assert torch.allclose(model.forward(short, short_len), full_width, atol=1e-6)

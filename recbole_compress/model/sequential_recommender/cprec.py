@@ -150,9 +150,16 @@ class CpRec(SequentialRecommender):
         """Hidden states of every position, ``[B, L, d]`` (causal: position t sees items up to t)."""
         return self.residual_blocks(self.item_embedding(item_seq))
 
+    @staticmethod
+    def _trim(item_seq, item_seq_len):
+        """Drop the trailing columns that are padding in every row: RecBole pads on the right and the convolutions
+        are causal, so no real position depends on them (same outputs, less work on short sequences)."""
+        length = max(1, int(item_seq_len.max()))
+        return item_seq[:, :length] if length < item_seq.shape[1] else item_seq
+
     def forward(self, item_seq, item_seq_len):
         """The sequence representation, the hidden state at the last real item: ``[B, d]``."""
-        return self.gather_indexes(self.encode(item_seq), item_seq_len - 1)
+        return self.gather_indexes(self.encode(self._trim(item_seq, item_seq_len)), item_seq_len - 1)
 
     def _full_logits(self, h):
         return self.output_layer(self.output_dropout(h))
@@ -171,6 +178,7 @@ class CpRec(SequentialRecommender):
         if self.loss_position == "last":
             loss = self._nll(self.forward(item_seq, item_seq_len), pos_items)
         else:  # every real position predicts its next item (NextItNet's seq2seq training), pads masked out
+            item_seq = self._trim(item_seq, item_seq_len)
             hidden = self.encode(item_seq)
             targets = torch.cat([item_seq[:, 1:], item_seq.new_zeros(item_seq.shape[0], 1)], dim=1)
             targets = targets.scatter(1, (item_seq_len - 1).unsqueeze(1), pos_items.unsqueeze(1))
