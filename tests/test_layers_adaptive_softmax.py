@@ -115,3 +115,41 @@ def test_evaluation_path_equals_the_differentiable_one(chunk_elements):
     assert not fast.requires_grad and fast.shape == reference.shape
     assert torch.isinf(fast[:, 0]).all()
     assert torch.allclose(fast[:, 1:], reference[:, 1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 5, 50, 300])
+def test_early_stop_topk_is_exact(k):
+    torch.manual_seed(4)
+    blocks = _blocks()  # head of 200 items: k = 300 needs tail blocks for every row
+    sm = AdaptiveSoftmax(blocks, D, [64, 16, 4]).eval()
+    h = torch.randn(9, D) * 2
+    values, items = sm.topk(h, k)
+    with torch.no_grad():
+        full = sm.full_log_prob(h)
+    expected = full.topk(k, dim=1)
+    assert torch.allclose(values, expected.values, atol=1e-5)
+    assert torch.allclose(full.gather(1, items), expected.values, atol=1e-5)
+
+
+def test_early_stop_topk_finds_a_concentrated_item_behind_a_flat_block():
+    """Block 2 holds much mass spread thin; block 3 less mass on one item: that item is the best of all. The
+    official code's rule (skip a block whose token is not among the head's top-k entries) would miss it."""
+    blocks = _blocks()
+    sm = AdaptiveSoftmax(blocks, D, [64, 16, 4]).eval()
+    h = torch.zeros(1, D)
+    h[0, 0] = 1.0
+    with torch.no_grad():
+        sm.head.weight.zero_()
+        sm.head.weight[200, 0] = 6.0   # token of block 2: high probability
+        sm.head.weight[201, 0] = 5.0   # token of block 3: lower, still far above any head item
+        for m in sm.tail[0]:
+            m.weight.zero_()           # block 2: uniform over its 160 items
+        sm.tail[1][0].weight.zero_()
+        sm.tail[1][0].weight[0, 0] = 1.0
+        sm.tail[1][1].weight.zero_()
+        sm.tail[1][1].weight[7, 0] = 20.0  # block 3: almost all mass on its 8th item
+    values, items = sm.topk(h, 1)
+    target = int(blocks.item_order[360 + 7])
+    assert items.tolist() == [[target]]
+    head_entries = torch.log_softmax(sm.head(h), 1)[0]
+    assert head_entries.argmax() == 200  # block 3's token is not the head's best entry

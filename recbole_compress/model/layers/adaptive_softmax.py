@@ -149,6 +149,40 @@ class AdaptiveSoftmax(nn.Module):
             out = out.index_add(0, rows, -F.cross_entropy(logits, local[rows], reduction="none"))
         return out
 
+    def topk(self, h, k):
+        """Exact top-``k`` items of every row with the paper's early stop (§3.1.2): ``(log_probs, item_ids)``, both
+        ``[N, k]``, best first, item ids in catalogue order.
+
+        Every item of tail block j has ``p(x) <= p(c_j)`` (its cluster token's probability), so block j is scored only
+        for the rows where ``p(c_j)`` exceeds the current k-th best item probability; blocks are visited in
+        descending mean token probability, which tightens that bound early. (The official code's rule, skipping a
+        block whose token is not among the head's top-k entries, is not exact; this one is.) For top-N serving, not
+        for RecBole's full-ranking evaluation, which needs every score.
+        """
+        with torch.no_grad():
+            n_rows, k1 = h.shape[0], self.shortlist_size
+            x = self.head_projection(h) if self.head_projection is not None else h
+            head = F.log_softmax(self.head(x), dim=1)
+            ninf = h.new_full((n_rows, k), float("-inf"))
+            best_lp = torch.cat([head[:, :k1], ninf], dim=1).topk(k, dim=1)
+            values = best_lp.values
+            positions = best_lp.indices  # block-order positions (>= k1 only for -inf fillers)
+            tokens = head[:, k1:]
+            bounds = self.blocks.bounds.tolist()
+            for j in (tokens.mean(0).argsort(descending=True) + 1).tolist():
+                rows = (tokens[:, j - 1] > values[:, -1]).nonzero(as_tuple=True)[0]
+                if rows.numel() == 0:
+                    continue
+                proj, tail = self.tail[j - 1]
+                block = F.log_softmax(tail(proj(h[rows])), dim=1) + tokens[rows, j - 1 : j]
+                merged = torch.cat([values[rows], block], dim=1).topk(k, dim=1)
+                block_positions = torch.arange(bounds[j], bounds[j + 1], device=h.device).expand(rows.numel(), -1)
+                candidates = torch.cat([positions[rows], block_positions], dim=1)
+                values[rows] = merged.values
+                positions[rows] = candidates.gather(1, merged.indices)
+            items = self.blocks.item_order.long()[positions.clamp(max=self.blocks.n_real_items - 1)]
+            return values, items
+
     def forward(self, h, items):
         """Mean negative log-likelihood of the target items (catalogue ids) given ``h`` (the tree CE of Eq. 3)."""
         return -self.target_log_prob(h, items).mean()
