@@ -180,7 +180,7 @@ class EODRecOnDevice(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 def _state_from_model(model):
-    cfg = model.config
+    cfg = model.backbone_settings
     meta = {
         "n_items": int(model.n_items),
         "hidden_size": int(model.hidden_size),

@@ -100,6 +100,8 @@ class EODRec(SequentialRecommender):
         super().__init__(config, dataset)
         check_backbone_config(config)
         self.hidden_size = config["hidden_size"]
+        self.backbone_settings = {k: config[k] for k in ("n_layers", "n_heads", "inner_size", "hidden_act",
+                                                          "layer_norm_eps")}
         self.num_codebooks = config["num_codebooks"]
         self.codebook_size = config["codebook_size"]
         self.gumbel_tau = config["gumbel_tau"]
