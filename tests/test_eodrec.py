@@ -361,3 +361,19 @@ def test_teacher_model_matches_its_formula(tiny_config):
     torch.testing.assert_close(pred, scores.gather(1, batch[teacher.ITEM_ID].unsqueeze(1)).squeeze(1))
     assert torch.equal(teacher.item_embedding.weight[0], torch.zeros(8))
     assert (seq == 0).any()
+
+
+def test_command_line_accepts_teacher_phase_keys_and_runs(tiny_config, capsys):
+    from recbole_compress.cli import check_override_keys, main
+
+    check_override_keys(["EODRec"], {"teacher_epochs": "1", "teacher_n_layers": "1", "teacher_learning_rate": "0.01",
+                                     "teacher_initializer_range": "0.02", "mixup_eta": "0.5"})
+    with pytest.raises(ConfigError, match="teacher_nonsense"):
+        check_override_keys(["EODRec"], {"teacher_nonsense": "1"})
+    args = ["--model=EODRec", "--dataset=tiny", f"--data_path={tiny_config['data_path']}",
+            "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
+            "--train_batch_size=64", "--epochs=2", "--teacher_epochs=1", "--hidden_size=8", "--inner_size=8",
+            "--num_codebooks=2", "--codebook_size=4", "--state=ERROR", "--show_progress=False",
+            f"--checkpoint_dir={tiny_config['checkpoint_dir']}"]
+    assert main(args) == 0
+    assert "| EODRec |" in capsys.readouterr().out

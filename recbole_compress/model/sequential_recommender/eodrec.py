@@ -69,6 +69,7 @@ from recbole_compress.model.sequential_recommender.eodrecteacher import (
     check_backbone_config,
     init_backbone_weights,
 )
+from recbole_compress.trainer.teacher import PhaseConfigKeys
 from recbole_compress.utils import ConfigError
 
 STAGES = ("pretrain", "distill")
@@ -95,6 +96,7 @@ class EODRec(SequentialRecommender):
     counterpart = "teacher"
     default_teacher_model = "EODRecTeacher"
     trainer_class = "recbole_compress.trainer.eodrec.EODRecTrainer"
+    extra_config_keys = PhaseConfigKeys("teacher_")  # --teacher_epochs=5 etc. configure the teacher phase
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
