@@ -377,3 +377,21 @@ def test_command_line_accepts_teacher_phase_keys_and_runs(tiny_config, capsys):
             f"--checkpoint_dir={tiny_config['checkpoint_dir']}"]
     assert main(args) == 0
     assert "| EODRec |" in capsys.readouterr().out
+
+
+def test_resuming_a_stage_two_checkpoint_restores_teacher_and_optimiser(tiny_config, teacher_file):
+    config, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, epochs=2)
+    trainer.fit(train, valid, saved=True)
+    saved = load_checkpoint(trainer.saved_model_file)
+    assert int(saved["state_dict"]["stage_flag"]) == 1
+    config2, model2, trainer2, train2, valid2, _ = _student(tiny_config, teacher_file, epochs=3)
+    trainer2.resume_checkpoint(trainer.saved_model_file)
+    assert model2.stage == "distill" and trainer2.start_epoch == saved["epoch"] + 1
+    trainer2.prepare_teacher(train2, valid2)
+    for key, value in saved["teacher_state_dict"].items():
+        torch.testing.assert_close(model2.teacher.state_dict()[key], value)
+    assert len(trainer2.optimizer.param_groups) == 3  # student, codebooks, teacher
+    assert all(p.requires_grad for p in model2.teacher.parameters())
+    assert len(trainer2.optimizer.state) > 0  # Adam moments restored
+    trainer2.fit(train2, valid2, saved=False)
+    assert torch.equal(model2.item_codebook.codes, model.item_codebook.codes)
