@@ -94,14 +94,22 @@ def _get_recbole_model(model_name):
     submodules = list(RECBOLE_MODEL_SUBMODULES)
     if wanted in ("lightgbm", "xgboost"):  # the only exlib models; importing exlib needs those libraries
         submodules.append("exlib_recommender")
+    import torch
+
     for submodule in submodules:
         module_path = f"recbole.model.{submodule}.{wanted}"
+        # importing any RecBole sequential model runs recbole/model/sequential_recommender/__init__.py, whose SINE
+        # module calls torch.autograd.set_detect_anomaly(True) at import: every later backward pass of the process
+        # would record stack traces (several times slower). Keep the process's anomaly setting as it was.
+        anomaly = torch.is_anomaly_enabled()
         try:
             if importlib.util.find_spec(module_path) is None:
                 continue
             module = importlib.import_module(module_path)
         except ImportError as e:
             raise UnknownModelError(f"model {model_name!r} needs a package that is not installed: {e}") from e
+        finally:
+            torch.autograd.set_detect_anomaly(anomaly)
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if obj.__name__.lower() == wanted and issubclass(obj, AbstractRecommender):
                 return obj

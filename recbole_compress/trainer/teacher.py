@@ -9,6 +9,7 @@ protocol, device, seed), never the student's hyperparameters, plus the phase mod
 ``teacher_checkpoint`` (a plugin checkpoint file) skips the teacher phase: the file is checked against the run's
 item-id mapping (a teacher trained on other data is refused) and its model rebuilt from the file's own config.
 """
+from functools import lru_cache
 from logging import getLogger
 
 from recbole.utils import init_seed, set_color
@@ -62,6 +63,36 @@ def phase_config(config, prefix, model):
         if key in final:
             phase[key] = final[key]
     return phase
+
+
+@lru_cache(maxsize=None)
+def phase_config_keys(prefix, default_model):
+    """Every ``<prefix>key`` a phase can read: ``prefix`` + each key known to ``default_model``'s run (generic keys,
+    its YAML and source) or found in any RecBole model's YAML (for another ``<prefix>model``), plus
+    ``<prefix>model`` and ``<prefix>checkpoint``. A student exposes them as its ``extra_config_keys`` so that
+    ``--teacher_epochs=5`` is accepted on the command line."""
+    import glob
+    import os
+
+    import recbole
+
+    from recbole_compress.utils import _keys_in_yaml, known_config_keys
+
+    keys = set(known_config_keys(default_model))
+    for path in glob.glob(os.path.join(os.path.dirname(recbole.__file__), "properties", "model", "*.yaml")):
+        keys |= _keys_in_yaml(path)
+    return frozenset({prefix + k for k in keys} | {prefix + "model", prefix + "checkpoint"})
+
+
+class PhaseConfigKeys:
+    """Class attribute ``extra_config_keys = PhaseConfigKeys("teacher_")`` of a student model: the prefixed keys of
+    its teacher phase (:func:`phase_config_keys` of its ``default_teacher_model``), computed when first read."""
+
+    def __init__(self, prefix="teacher_"):
+        self.prefix = prefix
+
+    def __get__(self, obj, cls):
+        return phase_config_keys(self.prefix, getattr(cls, "default_teacher_model", None) or "SASRec")
 
 
 def load_teacher(path, dataset, device=None):

@@ -1,0 +1,1 @@
+"""On-device export of compressed models (EODRec: codes + codebooks + backbone, TorchScript-able loader)."""

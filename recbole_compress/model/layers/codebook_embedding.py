@@ -1,0 +1,261 @@
+"""Compositional-code (codebook) embedding with a fast, exact full-catalogue scorer.
+
+Every item ``v`` owns a code of ``M`` integers ``C[v] = (C[v, 0], ..., C[v, M-1])``, each in ``[0, K)``; codebook
+``m`` is a ``K x N`` matrix ``A_m`` and the item's embedding is the **sum** of one codeword per codebook
+(Xia et al., "Efficient On-Device Session-Based Recommendation", TOIS 2023, Eq. 12/15)::
+
+    e_v = sum_m A_m[C[v, m]]
+
+Only the ``M * K * N`` codebook floats and the ``|V| x M`` code matrix are stored (uint8 codes when ``K <= 256``).
+
+Full-catalogue scoring never needs the ``|V| x N`` table: with the per-codebook partial scores
+``P[b, m, k] = <q_b, A_m[k]>`` (one ``B x N`` by ``N x MK`` product), ``s[b, v] = sum_m P[b, m, C[v, m]]`` is ``M``
+gathers per item. :meth:`CodebookEmbedding.full_scores` offers several exact formulations of that sum (they differ
+from the dense product only in float summation order):
+
+- ``embedding_bag`` (default): ``F.embedding_bag`` over the transposed partial scores (item-major, contiguous
+  rows of ``B`` floats, vectorised), written into the ``B x |V|`` result in cache-sized item blocks;
+- ``gather``: per codebook, ``index_select`` of the ``B x K`` partial scores along the items, accumulated;
+- ``sparse``: the one-hot code matrix as a CSR ``|V| x MK`` sparse matrix times the partial scores;
+- ``dense``: the naive path, the composite table (cached while the module is in eval mode) times the queries;
+- ``rebuild``: the naive path with the table rebuilt on every call (what a device that stores only codes and
+  codebooks does without the decomposition).
+
+The module works under any RecBole backbone: use it in place of ``nn.Embedding(n_items, N)`` for the input
+sequence (:meth:`forward`) and replace ``seq_output @ item_embedding.weight.T`` by :meth:`full_scores`.
+"""
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCORE_METHODS = ("embedding_bag", "gather", "sparse", "dense", "rebuild")
+
+
+def paper_compression_ratio(n_items, hidden_size, num_codebooks, codebook_size):
+    """The item table's compression ratio as the paper counts it (Eq. 13): ``|V| N / (M K N + M |V|)``.
+
+    Each code entry counts as one number, like a float; ``n_items`` is ``|V|`` (real items, without padding).
+    """
+    v, n, m, k = n_items, hidden_size, num_codebooks, codebook_size
+    return v * n / (m * k * n + m * v)
+
+
+def code_dtype(codebook_size):
+    """Smallest unsigned-friendly integer dtype holding codes in ``[0, codebook_size)``: uint8 up to K = 256."""
+    if codebook_size <= 256:
+        return torch.uint8
+    if codebook_size <= 32768:
+        return torch.int16
+    return torch.int32
+
+
+def code_statistics(codes, codebook_size=None, skip_padding=True):
+    """Uniqueness and usage of a code matrix ``codes`` (``n x M`` integers).
+
+    Returns a dict:
+        ``items``: rows counted (row 0, the padding id, is skipped when ``skip_padding``);
+        ``distinct_codes``: number of different code tuples among them;
+        ``collisions``: ``items - distinct_codes``, the rows that would have to change for all codes to be unique;
+        ``items_sharing_a_code``: rows whose code tuple is also some other row's;
+        ``largest_group``: most rows sharing one code tuple;
+        ``codeword_usage_min`` / ``codeword_usage_max``: least / most used codeword over all codebooks (the paper's
+        Fig. 6 heatmap range; unused codewords count as 0 when ``codebook_size`` is given).
+    """
+    codes = torch.as_tensor(codes).long()
+    if skip_padding:
+        codes = codes[1:]
+    n, m = codes.shape
+    if n == 0:
+        return {"items": 0, "distinct_codes": 0, "collisions": 0, "items_sharing_a_code": 0, "largest_group": 0,
+                "codeword_usage_min": 0, "codeword_usage_max": 0}
+    _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
+    k = int(codebook_size) if codebook_size is not None else int(codes.max()) + 1
+    usage = torch.stack([torch.bincount(codes[:, j], minlength=k) for j in range(m)])
+    return {
+        "items": n,
+        "distinct_codes": int(counts.numel()),
+        "collisions": int(n - counts.numel()),
+        "items_sharing_a_code": int((counts[inverse] > 1).sum()),
+        "largest_group": int(counts.max()),
+        "codeword_usage_min": int(usage.min()),
+        "codeword_usage_max": int(usage.max()),
+    }
+
+
+class CodebookEmbedding(nn.Module):
+    r"""Item embeddings composed from ``M`` codebooks of ``K`` vectors: ``e_v = \sum_m A_m[C[v, m]]``.
+
+    Args:
+        num_embeddings (int): rows of the table (RecBole's ``n_items``, padding id 0 included).
+        embedding_dim (int): ``N``.
+        num_codebooks (int): ``M``, codes per item.
+        codebook_size (int): ``K``, codewords per codebook.
+        score_chunk (int): items per block in the ``embedding_bag`` scorer (cache blocking; any value is exact).
+
+    Attributes:
+        codebooks (Parameter): ``M x K x N``, the only float parameters.
+        codes (buffer): ``num_embeddings x M`` in the smallest integer dtype (:func:`code_dtype`); set with
+            :meth:`set_codes`. Saved in the state_dict. Row 0 (padding) has a code like any other row.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, num_codebooks, codebook_size, score_chunk=128):
+        super().__init__()
+        if num_codebooks < 1 or codebook_size < 1:
+            raise ValueError(f"num_codebooks and codebook_size must be >= 1, got {num_codebooks}, {codebook_size}")
+        self.num_embeddings = int(num_embeddings)
+        self.embedding_dim = int(embedding_dim)
+        self.num_codebooks = int(num_codebooks)
+        self.codebook_size = int(codebook_size)
+        self.score_chunk = int(score_chunk)
+        self.codebooks = nn.Parameter(torch.empty(num_codebooks, codebook_size, embedding_dim))
+        nn.init.uniform_(self.codebooks, -0.1, 0.1)
+        self.register_buffer("codes", torch.zeros(num_embeddings, num_codebooks, dtype=code_dtype(codebook_size)))
+        self._index_cache = None
+        self._table_cache = None
+        self._csr_cache = None
+
+    # -- codes -----------------------------------------------------------------------------------------------------
+    def set_codes(self, codes):
+        """Store ``codes`` (``num_embeddings x M`` integers in ``[0, K)``)."""
+        codes = torch.as_tensor(codes)
+        if codes.shape != self.codes.shape:
+            raise ValueError(f"codes must have shape {tuple(self.codes.shape)}, got {tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
+        with torch.no_grad():
+            self.codes.copy_(codes.to(self.codes.dtype))
+
+    def _key(self):
+        return (self.codes.data_ptr(), self.codes._version, self.codes.device)
+
+    def flat_index(self):
+        """``num_embeddings x M`` int64 indices into the flattened ``(M*K) x N`` codebooks: ``C[v, m] + m*K``.
+
+        Cached until the codes change (``set_codes``, ``load_state_dict``)."""
+        key = self._key()
+        if self._index_cache is None or self._index_cache[0] != key:
+            offsets = torch.arange(self.num_codebooks, device=self.codes.device) * self.codebook_size
+            index = self.codes.long() + offsets
+            self._index_cache = (key, index, [index[:, m].contiguous() for m in range(self.num_codebooks)])
+        return self._index_cache[1]
+
+    def _column_index(self):
+        self.flat_index()
+        return self._index_cache[2]
+
+    def statistics(self):
+        """:func:`code_statistics` of the stored codes (padding row skipped)."""
+        return code_statistics(self.codes, self.codebook_size)
+
+    # -- embeddings ------------------------------------------------------------------------------------------------
+    def lookup(self, codes):
+        """Composite embeddings of explicit codes (``... x M`` integers): ``sum_m A_m[codes[..., m]]``."""
+        offsets = torch.arange(self.num_codebooks, device=codes.device) * self.codebook_size
+        flat = self.codebooks.reshape(-1, self.embedding_dim)
+        return F.embedding(codes.long() + offsets, flat).sum(-2)
+
+    def forward(self, item_ids):
+        """Composite embeddings of ``item_ids`` (any shape) from the stored codes: ``item_ids.shape + (N,)``."""
+        index = self.flat_index()[item_ids]
+        return F.embedding(index, self.codebooks.reshape(-1, self.embedding_dim)).sum(-2)
+
+    def table(self):
+        """The full composite table ``num_embeddings x N`` (gather-sum over the stored codes)."""
+        flat = self.codebooks.reshape(-1, self.embedding_dim)
+        return F.embedding_bag(self.flat_index(), flat, mode="sum")
+
+    @property
+    def weight(self):
+        """The composite table, so that code written for ``nn.Embedding.weight`` keeps working."""
+        return self.table()
+
+    def table_from_onehot(self, onehot):
+        """Table from (relaxed) one-hot codes ``n x M x K``: ``onehot.reshape(n, MK) @ A.reshape(MK, N)`` (Eq. 15).
+
+        Differentiable in ``onehot``: the straight-through Gumbel codes of :class:`GumbelCodeEncoder` reach the
+        encoder through here."""
+        n = onehot.shape[0]
+        return onehot.reshape(n, -1) @ self.codebooks.reshape(-1, self.embedding_dim)
+
+    # -- scoring ---------------------------------------------------------------------------------------------------
+    def partial_scores(self, query):
+        """``P[b, m, k] = <query_b, A_m[k]>``, shape ``B x M x K``."""
+        flat = self.codebooks.reshape(-1, self.embedding_dim)
+        return (query @ flat.t()).view(query.shape[0], self.num_codebooks, self.codebook_size)
+
+    def _onehot_csr(self):
+        key = self._key()
+        if self._csr_cache is None or self._csr_cache[0] != key:
+            index = self.flat_index()
+            n, m = index.shape
+            crow = torch.arange(0, n * m + 1, m, device=index.device)
+            values = torch.ones(n * m, device=index.device, dtype=self.codebooks.dtype)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                csr = torch.sparse_csr_tensor(crow, index.reshape(-1), values, (n, m * self.codebook_size),
+                                              check_invariants=False)
+            self._csr_cache = (key, csr)
+        return self._csr_cache[1]
+
+    def _cached_table(self):
+        if self.training or torch.is_grad_enabled() and self.codebooks.requires_grad:
+            return self.table()
+        key = (self._key(), self.codebooks.data_ptr(), self.codebooks._version)
+        if self._table_cache is None or self._table_cache[0] != key:
+            self._table_cache = (key, self.table().detach())
+        return self._table_cache[1]
+
+    def full_scores(self, query, method="embedding_bag"):
+        """Scores of every item for each query row: ``query @ table().T``, shape ``B x num_embeddings``.
+
+        Args:
+            query: ``B x N``.
+            method: one of :data:`SCORE_METHODS` (all exact up to float summation order).
+        """
+        if method == "dense":
+            return query @ self._cached_table().t()
+        if method == "rebuild":
+            return query @ self.table().t()
+        if method == "embedding_bag":
+            flat = self.codebooks.reshape(-1, self.embedding_dim)
+            partial_t = flat @ query.t()  # (M*K) x B: one row of B floats per codeword
+            index = self.flat_index()
+            out = query.new_empty(query.shape[0], self.num_embeddings)
+            chunk = self.score_chunk
+            for start in range(0, self.num_embeddings, chunk):
+                out[:, start:start + chunk] = F.embedding_bag(index[start:start + chunk], partial_t, mode="sum").t()
+            return out
+        if method == "gather":
+            partial = query @ self.codebooks.reshape(-1, self.embedding_dim).t()  # B x (M*K)
+            columns = self._column_index()
+            out = partial.index_select(1, columns[0])
+            for m in range(1, self.num_codebooks):
+                out += partial.index_select(1, columns[m])
+            return out
+        if method == "sparse":
+            partial_t = self.codebooks.reshape(-1, self.embedding_dim) @ query.t()
+            return (self._onehot_csr() @ partial_t).t().contiguous()
+        raise ValueError(f"score method must be one of {', '.join(SCORE_METHODS)}; got {method!r}")
+
+    # -- size ------------------------------------------------------------------------------------------------------
+    def storage_bytes(self):
+        """Bytes of what a device stores: ``{'codebooks': 4*M*K*N (float32), 'codes': n*M*itemsize}``."""
+        return {
+            "codebooks": self.codebooks.numel() * self.codebooks.element_size(),
+            "codes": self.codes.numel() * self.codes.element_size(),
+        }
+
+    def compression_ratio(self, skip_padding=True):
+        """:func:`paper_compression_ratio` of this table (``|V| = num_embeddings - 1`` when ``skip_padding``)."""
+        v = self.num_embeddings - (1 if skip_padding else 0)
+        return paper_compression_ratio(v, self.embedding_dim, self.num_codebooks, self.codebook_size)
+
+    def bits_per_code(self):
+        return max(1, math.ceil(math.log2(self.codebook_size)))
+
+    def extra_repr(self):
+        return (f"{self.num_embeddings}, {self.embedding_dim}, num_codebooks={self.num_codebooks}, "
+                f"codebook_size={self.codebook_size}, codes={str(self.codes.dtype).replace('torch.', '')}")

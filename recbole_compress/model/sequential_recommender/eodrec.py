@@ -1,0 +1,390 @@
+r"""
+EODRec
+################################################
+
+Reference:
+    Xia Xin, Junliang Yu, Qinyong Wang, Chaoqun Yang, Nguyen Quoc Viet Hung, Hongzhi Yin.
+    "Efficient On-Device Session-Based Recommendation." ACM TOIS 41(4), 2023.
+
+The on-device student of EODRec. Its item table is compositional: every item has ``M`` codes, each into its own
+codebook of ``K`` vectors, and its embedding is the sum of those ``M`` codewords (Eq. 12), so a device stores
+``M*K*N`` floats and a ``|V| x M`` code matrix (uint8 for ``K <= 256``) instead of ``|V| x N`` floats. The backbone
+(SASRec with a soft-attention readout, Eq. 2-3) is the teacher's architecture with its own parameters.
+
+Training (two stages, switched by :class:`recbole_compress.trainer.eodrec.EODRecTrainer` after the teacher phase of
+:class:`recbole_compress.trainer.teacher.DistillationTrainer`):
+
+1. *pre-training* (``pretrain_epochs``), teacher frozen: ``L_rec + mse_weight * L_mse`` (Eq. 26). The code
+   encoder (MLP + straight-through Gumbel-softmax, Eq. 16-17) reads the teacher's item table ``X``; the MSE
+   reconstruction (Eq. 14) trains the encoder and the codebooks, the recommendation loss the codebooks (through the
+   sampled codes, without a path to the encoder, as in the authors' code) and the backbone.
+2. *distillation*: the codes are frozen (argmax of the encoder), the encoder leaves the optimiser and
+   ``L_rec + mse_weight*L_mse + contrastive_weight*L_con + soft_weight*L_soft + teacher_rec_weight*L_rec_teacher``
+   (Eq. 29 plus the teacher's own loss) trains the student and, when ``teacher_trainable``, the teacher
+   (bidirectional distillation, §5.4):
+
+   - *embedding mixup* (Eq. 18), training only: the student's item table is ``eta*X + (1-eta)*E``; evaluation and
+     the exported model use the composite table ``E`` alone;
+   - *contrastive distillation* (Eq. 20-22): items are hot (top ``hot_ratio`` by training occurrences) or cold;
+     the hot and cold sub-session representations of a mixed session are swapped between teacher and student,
+     projected, and contrasted with InfoNCE against the other sessions of the batch; single-type sessions contrast
+     the two models' session representations directly (as the authors' code does);
+   - *soft targets* (Eq. 23-24): ``KL(p_teacher || p_student)`` over the whole catalogue.
+
+Every loss is returned separately by :meth:`EODRec.calculate_loss` (RecBole logs each). Full-catalogue scoring
+uses the codebook scorer of :class:`~recbole_compress.model.layers.codebook_embedding.CodebookEmbedding`
+(``score_method``), never a dense table unless asked. :mod:`recbole_compress.export.eodrec` writes the on-device
+artifact (codes, codebooks, backbone) and a TorchScript-able loader.
+
+Departures from the paper, and why:
+    - Evaluation uses the composite embedding only (the paper's statement); the authors' code evaluates with the
+      mixup table, 80% teacher embeddings (spec §8 A1).
+    - The teacher is trained in the same run when ``teacher_checkpoint`` is not given; any RecBole sequential model
+      with an ``item_embedding`` table of width ``hidden_size`` can be the teacher (``teacher_model``).
+    - ``teacher_rec_weight``: with a trainable teacher we keep the teacher's own recommendation loss (as in
+      bidirectional distillation, ref. [22] of the paper); 0 gives the literal Eq. 29.
+    - The frozen codes are the deterministic argmax of the encoder (the authors' code keeps one noisy Gumbel sample;
+      ``code_freeze_mode: sample``), and the stage-two MSE uses the frozen codes.
+    - The MSE is Eq. 14's per-item squared error averaged over items (``mse_reduction: item_sum_mean``); the
+      authors' code divides a mean over all entries by ``|V|`` again (``mse_reduction: code``).
+    - ``soft_kd_reduction`` defaults to ``batchmean`` (per-session KL averaged over the batch): the authors' code sums
+      over a batch of 100, which makes the effective weight depend on the batch size (RecBole's default is 2048).
+    - The readout averages valid positions only and keeps the authors' ``tanh`` (see EODRecTeacher).
+    - Codebooks are initialised U(-0.1, 0.1) (the authors' code leaves them uninitialised).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbole.model.abstract_recommender import SequentialRecommender
+
+from recbole_compress.model.layers.code_encoder import GumbelCodeEncoder
+from recbole_compress.model.layers.codebook_embedding import SCORE_METHODS, CodebookEmbedding
+from recbole_compress.model.layers.distillation_losses import KL_REDUCTIONS, info_nce, soft_label_kl
+from recbole_compress.model.layers.soft_attention_readout import SoftAttentionReadout
+from recbole_compress.model.sequential_recommender.eodrecteacher import (
+    SoftAttentionTransformer,
+    check_backbone_config,
+    init_backbone_weights,
+)
+from recbole_compress.trainer.teacher import PhaseConfigKeys
+from recbole_compress.utils import ConfigError
+
+STAGES = ("pretrain", "distill")
+CODE_FREEZE_MODES = ("argmax", "sample")
+MSE_REDUCTIONS = ("item_sum_mean", "code")
+
+
+def hot_items(item_seq_matrix, n_items, hot_ratio):
+    """Boolean ``n_items`` mask of the hot items: the top ``floor(hot_ratio * #items seen)`` items by occurrences
+    in the training input sequences (every position of every augmented prefix counts, as in the authors' code).
+    Ties are broken by item id; the padding id 0 is never hot."""
+    counts = torch.bincount(item_seq_matrix.reshape(-1).long(), minlength=n_items)[:n_items].clone()
+    counts[0] = 0
+    n_hot = int(math.floor(hot_ratio * int((counts > 0).sum())))
+    order = torch.argsort(-counts, stable=True)
+    mask = torch.zeros(n_items, dtype=torch.bool)
+    mask[order[:n_hot]] = True
+    return mask
+
+
+class EODRec(SequentialRecommender):
+    r"""EODRec's on-device student: compositional item codes + soft-attention SASRec, distilled from a teacher."""
+
+    counterpart = "teacher"
+    default_teacher_model = "EODRecTeacher"
+    trainer_class = "recbole_compress.trainer.eodrec.EODRecTrainer"
+    extra_config_keys = PhaseConfigKeys("teacher_")  # --teacher_epochs=5 etc. configure the teacher phase
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        check_backbone_config(config)
+        self.hidden_size = config["hidden_size"]
+        self.backbone_settings = {k: config[k] for k in ("n_layers", "n_heads", "inner_size", "hidden_act",
+                                                          "layer_norm_eps")}
+        self.num_codebooks = config["num_codebooks"]
+        self.codebook_size = config["codebook_size"]
+        self.gumbel_tau = config["gumbel_tau"]
+        self.mixup_eta = config["mixup_eta"]
+        self.mse_weight = config["mse_weight"]
+        self.mse_reduction = config["mse_reduction"]
+        self.contrastive_weight = config["contrastive_weight"]
+        self.soft_weight = config["soft_weight"]
+        self.cl_temperature = config["cl_temperature"]
+        self.kd_temperature = config["kd_temperature"]
+        self.soft_kd_reduction = config["soft_kd_reduction"]
+        self.teacher_trainable = bool(config["teacher_trainable"])
+        self.teacher_rec_weight = config["teacher_rec_weight"]
+        self.code_freeze_mode = config["code_freeze_mode"]
+        self.score_method = config["score_method"]
+        self.init_method = config["init_method"]
+        self.init_range = config["init_range"]
+        self._check_config(config)
+
+        # on-device parts: codebooks + codes, backbone
+        self.item_codebook = CodebookEmbedding(self.n_items, self.hidden_size, self.num_codebooks, self.codebook_size)
+        self.backbone = SoftAttentionTransformer(config, self.max_seq_length)
+        # training-only parts: the code encoder (stage one) and the distillation heads (stage two)
+        self.code_encoder = GumbelCodeEncoder(
+            self.hidden_size, self.num_codebooks, self.codebook_size, config["code_encoder_hidden"]
+        )
+        n = self.hidden_size
+        self.kd_heads = nn.ModuleDict({
+            "student_hot": SoftAttentionReadout(n),
+            "student_cold": SoftAttentionReadout(n),
+            "teacher_hot": SoftAttentionReadout(n),
+            "teacher_cold": SoftAttentionReadout(n),
+            "student_proj": nn.Linear(2 * n, n, bias=False),
+            "teacher_proj": nn.Linear(2 * n, n, bias=False),
+        })
+        self.loss_fct = nn.CrossEntropyLoss()
+        self.register_buffer("stage_flag", torch.zeros((), dtype=torch.long))  # 0 pretrain, 1 distill (saved)
+        self.register_buffer(
+            "is_hot", hot_items(dataset.inter_feat[self.ITEM_SEQ], self.n_items, config["hot_ratio"]), persistent=False
+        )
+        self.__dict__["_teacher"] = None  # never a registered submodule: not in the student's size or state_dict
+        self.reset_student_parameters()
+        init_backbone_weights(self.code_encoder, self.init_method, self.init_range)
+
+    def _check_config(self, config):
+        def need(ok, key, allowed):
+            if not ok:
+                raise ConfigError(f"{key} must be {allowed}; got {config[key]!r}")
+
+        need(isinstance(self.num_codebooks, int) and self.num_codebooks >= 1, "num_codebooks", "an integer >= 1")
+        need(isinstance(self.codebook_size, int) and self.codebook_size >= 2, "codebook_size", "an integer >= 2")
+        need(self.gumbel_tau > 0, "gumbel_tau", "> 0")
+        need(0.0 <= self.mixup_eta <= 1.0, "mixup_eta", "in [0, 1]")
+        need(self.mse_reduction in MSE_REDUCTIONS, "mse_reduction", f"one of {', '.join(MSE_REDUCTIONS)}")
+        need(self.soft_kd_reduction in KL_REDUCTIONS[:2], "soft_kd_reduction", "one of batchmean, sum")
+        need(self.code_freeze_mode in CODE_FREEZE_MODES, "code_freeze_mode", f"one of {', '.join(CODE_FREEZE_MODES)}")
+        need(self.score_method in SCORE_METHODS, "score_method", f"one of {', '.join(SCORE_METHODS)}")
+        need(self.cl_temperature > 0, "cl_temperature", "> 0")
+        need(self.kd_temperature > 0, "kd_temperature", "> 0")
+        need(0.0 <= config["hot_ratio"] <= 1.0, "hot_ratio", "in [0, 1]")
+        need(isinstance(config["pretrain_epochs"], int) and config["pretrain_epochs"] >= 0, "pretrain_epochs",
+             "an integer >= 0")
+        for key in ("mse_weight", "contrastive_weight", "soft_weight", "teacher_rec_weight"):
+            need(config[key] >= 0, key, ">= 0")
+
+    def reset_student_parameters(self):
+        """(Re-)initialise the backbone and the distillation heads (``reinit_after_pretrain``); codebooks, codes and
+        the encoder are kept."""
+        init_backbone_weights(self.backbone, self.init_method, self.init_range)
+        init_backbone_weights(self.kd_heads, self.init_method, self.init_range)
+
+    # -- teacher ---------------------------------------------------------------------------------------------------
+    @property
+    def teacher(self):
+        return self.__dict__["_teacher"]
+
+    def set_teacher(self, teacher):
+        """Attach the trained teacher (called by the trainer). Its item table must be ``n_items x hidden_size`` and
+        its ``forward(item_seq, item_seq_len)`` must give ``B x hidden_size`` session representations."""
+        table = getattr(teacher, "item_embedding", None)
+        name = type(teacher).__name__
+        if not isinstance(table, nn.Embedding):
+            raise ConfigError(
+                f"teacher_model {name} has no item_embedding table (nn.Embedding): EODRec needs the teacher's item "
+                f"table for the mixup and the code learning. Use EODRecTeacher, SASRec, GRU4Rec, ..."
+            )
+        if tuple(table.weight.shape) != (self.n_items, self.hidden_size):
+            raise ConfigError(
+                f"the teacher's item table is {tuple(table.weight.shape)}, the student needs "
+                f"({self.n_items}, {self.hidden_size}): set teacher_hidden_size (or the teacher model's embedding "
+                f"size) equal to hidden_size={self.hidden_size}, or give a teacher_checkpoint trained on this dataset"
+            )
+        probe = torch.ones(1, self.max_seq_length, dtype=torch.long, device=table.weight.device)
+        was_training = teacher.training
+        teacher.eval()
+        with torch.no_grad():
+            out = self._teacher_session(teacher, probe, torch.tensor([self.max_seq_length], device=probe.device))
+        teacher.train(was_training)
+        if tuple(out.shape) != (1, self.hidden_size):
+            raise ConfigError(
+                f"teacher_model {name} gives session representations of shape {tuple(out.shape[1:])}, the student "
+                f"needs ({self.hidden_size},)"
+            )
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self.__dict__["_teacher"] = teacher
+
+    @staticmethod
+    def _teacher_session(teacher, item_seq, item_seq_len):
+        out = teacher.forward(item_seq, item_seq_len)
+        if out.dim() == 3:  # models whose forward returns every position
+            out = teacher.gather_indexes(out, item_seq_len - 1)
+        return out
+
+    def _require_teacher(self):
+        if self.teacher is None:
+            raise RuntimeError("EODRec needs its teacher for training: train it with EODRecTrainer (the default "
+                               "trainer_class), or call set_teacher(teacher) first")
+        return self.teacher
+
+    def teacher_table(self):
+        return self._require_teacher().item_embedding.weight
+
+    # -- stages ----------------------------------------------------------------------------------------------------
+    @property
+    def stage(self):
+        return STAGES[int(self.stage_flag)]
+
+    def set_stage(self, stage):
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.stage_flag.fill_(STAGES.index(stage))
+
+    @property
+    def codes_frozen(self):
+        return self.stage == "distill"
+
+    @torch.no_grad()
+    def encoder_codes(self, mode="argmax"):
+        """Codes of every item from the encoder on the teacher's table: ``argmax`` or one Gumbel ``sample``."""
+        x = self.teacher_table().detach()
+        if mode == "sample":
+            return self.code_encoder.sample_codes(x, self.gumbel_tau)
+        return self.code_encoder.codes(x)
+
+    @torch.no_grad()
+    def freeze_codes(self):
+        """End of stage one: fix the code matrix (``code_freeze_mode``) and switch to the distillation stage."""
+        self.item_codebook.set_codes(self.encoder_codes(self.code_freeze_mode))
+        self.set_stage("distill")
+
+    def train(self, mode=True):
+        super().train(mode)
+        if not mode and self.stage == "pretrain" and self.teacher is not None:
+            # evaluation during stage one scores with the encoder's current (deterministic) codes
+            self.item_codebook.set_codes(self.encoder_codes("argmax"))
+        return self
+
+    # -- training tables -------------------------------------------------------------------------------------------
+    def _mse(self, approx, target):
+        if self.mse_reduction == "code":  # the authors' code: mean over all entries, divided by n_items again
+            return F.mse_loss(approx, target) / approx.shape[0]
+        return ((approx[1:] - target[1:]) ** 2).sum(-1).mean()  # Eq. 14 over the real items
+
+    def training_tables(self):
+        """``(E', L_mse)``: the mixup table ``eta*X + (1-eta)*E`` used in training and the reconstruction loss."""
+        x = self.teacher_table()
+        if self.stage == "pretrain":
+            x = x.detach()
+            y = self.code_encoder(x, tau=self.gumbel_tau, hard=True)  # n x M x K, straight-through
+            composite = self.item_codebook.lookup(y.argmax(-1))  # no gradient path to the encoder (authors' code)
+            mse = self._mse(self.item_codebook.table_from_onehot(y), x)
+        else:
+            composite = self.item_codebook.table()
+            mse = self._mse(composite, x.detach())
+        if self.mixup_eta > 0:
+            mixed = self.mixup_eta * x + (1.0 - self.mixup_eta) * composite
+        else:
+            mixed = composite
+        return mixed, mse
+
+    # -- model -----------------------------------------------------------------------------------------------------
+    def forward(self, item_seq, item_seq_len, item_table=None):
+        """Session representations ``B x N``; item vectors from ``item_table`` (training) or the codes."""
+        item_emb = self.item_codebook(item_seq) if item_table is None else F.embedding(item_seq, item_table)
+        return self.backbone(item_emb, item_seq)
+
+    def contrastive_loss(self, item_seq, mixed, x, theta_student, theta_teacher):
+        """InfoNCE on hot/cold sub-session representations swapped between student and teacher (Eq. 20-22)."""
+        valid = item_seq != 0
+        hot = valid & self.is_hot[item_seq]
+        cold = valid & ~hot
+        keep = valid.sum(1) > 1  # length-1 sessions are left out, as in the authors' code
+        mixed_rows = keep & hot.any(1) & cold.any(1)
+        single_rows = keep & ~mixed_rows
+        heads = self.kd_heads
+        anchors, positives = [], []
+        if mixed_rows.any():
+            seq = item_seq[mixed_rows]
+            emb_s, emb_t = F.embedding(seq, mixed), F.embedding(seq, x)
+            h, c = hot[mixed_rows], cold[mixed_rows]
+            hot_s, cold_s = heads["student_hot"](emb_s, h), heads["student_cold"](emb_s, c)
+            hot_t, cold_t = heads["teacher_hot"](emb_t, h), heads["teacher_cold"](emb_t, c)
+            anchors.append(heads["student_proj"](torch.cat([hot_s, cold_t], -1)))
+            positives.append(heads["teacher_proj"](torch.cat([hot_t, cold_s], -1)))
+        if single_rows.any():
+            anchors.append(theta_teacher[single_rows])
+            positives.append(theta_student[single_rows])
+        if not anchors:
+            return theta_student.sum() * 0.0
+        return info_nce(torch.cat(anchors), torch.cat(positives), self.cl_temperature)
+
+    def calculate_loss(self, interaction):
+        """``(L_rec, mse_weight*L_mse, contrastive_weight*L_con, soft_weight*L_soft, teacher_rec_weight*L_rec_teacher)``;
+        the distillation terms are 0 in stage one."""
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        pos_items = interaction[self.POS_ITEM_ID]
+        mixed, mse = self.training_tables()
+        theta_s = self.forward(item_seq, item_seq_len, mixed)
+        logits_s = theta_s @ mixed.t()
+        rec = self.loss_fct(logits_s, pos_items)
+        zero = rec.new_zeros(())
+        losses = [rec, self.mse_weight * mse, zero, zero, zero]
+        teacher_rec_on = self.teacher_trainable and self.teacher_rec_weight > 0
+        if self.stage == "pretrain" or not (self.contrastive_weight > 0 or self.soft_weight > 0 or teacher_rec_on):
+            return tuple(losses)
+
+        teacher = self._require_teacher()
+        x = teacher.item_embedding.weight
+        if self.teacher_trainable:
+            teacher.train(self.training)
+            theta_t = self._teacher_session(teacher, item_seq, item_seq_len)
+        else:
+            teacher.eval()
+            with torch.no_grad():
+                theta_t = self._teacher_session(teacher, item_seq, item_seq_len)
+            x = x.detach()
+        logits_t = theta_t @ x.t()
+        if self.contrastive_weight > 0:
+            losses[2] = self.contrastive_weight * self.contrastive_loss(item_seq, mixed, x, theta_s, theta_t)
+        if self.soft_weight > 0:
+            losses[3] = self.soft_weight * soft_label_kl(
+                logits_s, logits_t, self.kd_temperature, reduction=self.soft_kd_reduction
+            )
+        if teacher_rec_on:
+            losses[4] = self.teacher_rec_weight * self.loss_fct(logits_t, pos_items)
+        return tuple(losses)
+
+    def predict(self, interaction):
+        theta = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return (theta * self.item_codebook(interaction[self.ITEM_ID])).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        theta = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return self.item_codebook.full_scores(theta, self.score_method)
+
+    # -- reports ---------------------------------------------------------------------------------------------------
+    def on_device_parameters(self):
+        """Named tensors a device needs: the codebooks and the backbone (codes are separate, integers)."""
+        named = {"item_codebook.codebooks": self.item_codebook.codebooks}
+        named.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
+        return named
+
+    def param_breakdown(self):
+        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+        return {
+            "codebooks": self.item_codebook.codebooks.numel(),
+            "code_entries (integers, not parameters)": self.item_codebook.codes.numel(),
+            "backbone": count(self.backbone),
+            "code_encoder (training only)": count(self.code_encoder),
+            "kd_heads (training only)": count(self.kd_heads),
+        }
+
+    def benchmark_report(self):
+        """Compression figures of the item table and of the exported on-device model (see
+        :func:`recbole_compress.export.eodrec.size_report`), and the code statistics."""
+        from recbole_compress.export.eodrec import size_report
+
+        report = size_report(self)
+        report["code_statistics"] = self.item_codebook.statistics()
+        report["stage"] = self.stage
+        report["score_method"] = self.score_method
+        return report

@@ -1,0 +1,397 @@
+"""EODRec and its teacher: the two stages, mixup, distillation losses, teachers, export, end to end."""
+import os
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_seed
+
+from recbole_compress.config import Config
+from recbole_compress.export.eodrec import export_eodrec, load_on_device, size_report
+from recbole_compress.model.layers.codebook_embedding import paper_compression_ratio
+from recbole_compress.model.layers.distillation_losses import soft_label_kl
+from recbole_compress.model.sequential_recommender.eodrec import EODRec, hot_items
+from recbole_compress.model.sequential_recommender.eodrecteacher import EODRecTeacher
+from recbole_compress.quick_start import run_recbole_compress
+from recbole_compress.trainer import CheckpointError, load_checkpoint
+from recbole_compress.trainer.eodrec import EODRecTrainer
+from recbole_compress.utils import ConfigError, get_trainer
+
+from conftest import write_tiny_dataset
+
+SMALL = {"hidden_size": 8, "inner_size": 8, "n_heads": 2, "num_codebooks": 2, "codebook_size": 8,
+         "hidden_dropout_prob": 0.1, "attn_dropout_prob": 0.1, "teacher_epochs": 1, "epochs": 3,
+         "learning_rate": 0.01, "codebook_learning_rate": 0.01}
+
+
+def _cfg(tiny_config, **extra):
+    cfg = dict(tiny_config)
+    cfg.pop("embedding_size", None)
+    cfg.update(SMALL)
+    cfg.update(extra)
+    return cfg
+
+
+def _setup(cfg, model=EODRec):
+    config = Config(model=model, dataset=cfg["dataset"], config_dict=cfg, read_cmd_line=False)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    return config, train, valid, test
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    """A tiny EODRecTeacher checkpoint (hidden size 8) trained once for the module."""
+    root = write_tiny_dataset(str(tmp_path_factory.mktemp("teacher_data")))
+    cfg = {"dataset": "tiny", "data_path": root, "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+           "epochs": 2, "train_batch_size": 64, "eval_batch_size": 256, "show_progress": False, "state": "ERROR",
+           "checkpoint_dir": str(tmp_path_factory.mktemp("teacher_saved")), "MAX_ITEM_LIST_LENGTH": 10,
+           "hidden_size": 8, "inner_size": 8, "n_heads": 2, "learning_rate": 0.01, "reproducibility": True}
+    result = run_recbole_compress("EODRecTeacher", "tiny", config_dict=cfg, read_cmd_line=False)
+    return result["checkpoint"], root
+
+
+def _student(tiny_config, teacher_file, **extra):
+    path, root = teacher_file
+    cfg = _cfg(tiny_config, data_path=root, teacher_checkpoint=path, **extra)
+    config, train, valid, test = _setup(cfg)
+    model = EODRec(config, train._dataset)
+    trainer = EODRecTrainer(config, model)
+    return config, model, trainer, train, valid, test
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_end_to_end_trains_teacher_then_student_with_saved_true(tiny_config):
+    cfg = _cfg(tiny_config)
+    result = run_recbole_compress("EODRec", "tiny", config_dict=cfg, read_cmd_line=False, saved=True)
+    assert os.path.isfile(result["checkpoint"])
+    checkpoint = load_checkpoint(result["checkpoint"])
+    teacher_path = checkpoint["config"]["teacher_checkpoint"]
+    assert os.path.isfile(teacher_path) and teacher_path != result["checkpoint"]
+    assert load_checkpoint(teacher_path)["config"]["model"] == "EODRecTeacher"
+    assert load_checkpoint(teacher_path)["config"]["hidden_size"] == 8  # teacher_hidden_size follows hidden_size
+    # the best model is a stage-two model; the student's checkpoint never holds the teacher's weights
+    assert int(checkpoint["state_dict"]["stage_flag"]) == 1
+    assert not any(k.startswith("teacher") for k in checkpoint["state_dict"])
+    assert "teacher_state_dict" in checkpoint  # the bidirectionally updated teacher, for resuming
+    for metric in ("ndcg@10", "hit@10", "mrr@10"):
+        assert 0.0 <= result["test_result"][metric] <= 1.0
+
+
+def test_trainer_is_registered_and_model_declares_its_counterpart():
+    assert get_trainer(None, "EODRec") is EODRecTrainer
+    assert EODRec.counterpart == "teacher" and EODRec.default_teacher_model == "EODRecTeacher"
+
+
+def test_stage_two_freezes_codes_and_drops_the_encoder(tiny_config, teacher_file):
+    config, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, epochs=2, pretrain_epochs=1)
+    encoder_before = {k: v.clone() for k, v in model.code_encoder.state_dict().items()}
+    trainer.fit(train, valid, saved=False)
+    assert model.stage == "distill"
+    codes = model.item_codebook.codes.clone()
+    encoder_frozen = {k: v.clone() for k, v in model.code_encoder.state_dict().items()}
+    assert any(not torch.equal(encoder_before[k], encoder_frozen[k]) for k in encoder_before)  # stage one trained it
+    # the codes are the encoder's argmax when stage two started
+    teacher = model.teacher
+    books = model.item_codebook.codebooks.detach().clone()
+    # stage-two optimiser: no encoder parameter, codebooks at codebook_learning_rate, the trainable teacher in it
+    in_optimizer = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in in_optimizer for p in model.code_encoder.parameters())
+    assert in_optimizer[id(model.item_codebook.codebooks)]["lr"] == config["codebook_learning_rate"]
+    assert all(id(p) in in_optimizer for p in teacher.parameters())
+    trainer._train_epoch(train, 2)
+    assert torch.equal(model.item_codebook.codes, codes)
+    assert all(torch.equal(v, encoder_frozen[k]) for k, v in model.code_encoder.state_dict().items())
+    assert not torch.equal(model.item_codebook.codebooks.detach(), books)
+
+
+def test_stage_one_switch_and_early_stopping_reset(tiny_config, teacher_file):
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, pretrain_epochs=1)
+    trainer.prepare_teacher(train, valid)
+    assert model.stage == "pretrain"
+    assert all(not p.requires_grad for p in model.teacher.parameters())  # frozen in stage one
+    trainer._train_epoch(train, 0)
+    assert model.stage == "pretrain" and trainer.stopping_step > 10**6
+    trainer.best_valid_score, trainer.cur_step = 0.5, 3
+    trainer._train_epoch(train, 1)
+    assert model.stage == "distill"
+    assert trainer.best_valid_score == float("-inf") and trainer.cur_step == 0
+    assert trainer.stopping_step == trainer.config["stopping_step"]
+    assert all(p.requires_grad for p in model.teacher.parameters())
+    expected = model.code_encoder.codes(model.teacher.item_embedding.weight.detach())
+    assert torch.equal(model.item_codebook.codes.long(), expected)
+
+
+def test_mixup_is_used_in_training_only(tiny_config, teacher_file):
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file)
+    trainer.prepare_teacher(train, valid)
+    model.freeze_codes()
+    x = model.teacher.item_embedding.weight.detach()
+    e = model.item_codebook.table().detach()
+    for eta in (1.0, 0.0, 0.8):
+        model.mixup_eta = eta
+        mixed, _ = model.training_tables()
+        torch.testing.assert_close(mixed.detach(), eta * x + (1 - eta) * e)
+    # evaluation: scores come from the codes alone, whatever the teacher's table holds
+    batch = next(iter(train))
+    model.eval()
+    with torch.no_grad():
+        before = model.full_sort_predict(batch)
+        model.teacher.item_embedding.weight.mul_(3.0).add_(1.0)
+        after = model.full_sort_predict(batch)
+    torch.testing.assert_close(before, after)
+    with torch.no_grad():
+        theta = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+    torch.testing.assert_close(before, theta @ e.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_losses_are_separate_and_finite_and_soft_loss_is_teacher_to_student(tiny_config, teacher_file):
+    _, model, trainer, train, valid, _ = _student(
+        tiny_config, teacher_file, teacher_trainable=False, soft_kd_reduction="sum"
+    )
+    trainer.prepare_teacher(train, valid)
+    batch = next(iter(train))
+    model.train()
+    stage_one = model.calculate_loss(batch)
+    assert len(stage_one) == 5 and all(torch.isfinite(l) for l in stage_one)
+    assert stage_one[2] == 0 and stage_one[3] == 0 and stage_one[4] == 0  # no distillation in stage one
+    model.freeze_codes()
+    torch.manual_seed(0)
+    losses = model.calculate_loss(batch)
+    assert all(torch.isfinite(l) for l in losses)
+    assert losses[2] > 0 and losses[3] > 0
+    assert losses[4] == 0  # the teacher's own loss only while it is trainable
+    # the soft loss is soft_weight * KL(p_teacher || p_student) on the model's own logits
+    model.eval()  # no dropout: the student's logits are reproducible
+    model.train(False)
+    mixed, _ = model.training_tables()
+    seq, seq_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    with torch.no_grad():
+        logits_s = model.forward(seq, seq_len, mixed) @ mixed.t()
+        logits_t = model.teacher(seq, seq_len) @ model.teacher.item_embedding.weight.t()
+        p_t, log_p_s = logits_t.softmax(-1), logits_s.log_softmax(-1)
+        expected = (p_t * (p_t.log() - log_p_s)).sum()
+        losses = model.calculate_loss(batch)
+    assert losses[3].item() == pytest.approx(model.soft_weight * expected.item(), rel=1e-4)
+    assert expected.item() == pytest.approx(soft_label_kl(logits_s, logits_t, reduction="sum").item(), rel=1e-4)
+
+
+def test_bidirectional_distillation_updates_the_teacher_only_when_trainable(tiny_config, teacher_file):
+    for trainable in (False, True):
+        _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, teacher_trainable=trainable)
+        trainer.prepare_teacher(train, valid)
+        trainer.start_distillation(1)
+        teacher = model.teacher
+        before = {k: v.clone() for k, v in teacher.state_dict().items()}
+        batch = next(iter(train))
+        model.train()
+        trainer.optimizer.zero_grad()
+        sum(model.calculate_loss(batch)).backward()
+        trainer.optimizer.step()
+        changed = any(not torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+        assert changed is trainable
+        if not trainable:
+            assert all(p.grad is None for p in teacher.parameters())
+    # the soft loss alone already sends gradient to the (trainable) teacher: student -> teacher transfer
+    _, model, trainer, train, valid, _ = _student(
+        tiny_config, teacher_file, contrastive_weight=0.0, teacher_rec_weight=0.0, mixup_eta=0.0
+    )
+    trainer.prepare_teacher(train, valid)
+    trainer.start_distillation(1)
+    model.train()
+    losses = model.calculate_loss(next(iter(train)))
+    losses[3].backward()
+    assert model.teacher.backbone.readout.f.weight.grad.abs().sum() > 0
+
+
+def test_contrastive_recombination_and_degenerate_batches(tiny_config, teacher_file):
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file)
+    trainer.prepare_teacher(train, valid)
+    model.freeze_codes()
+    x = model.teacher.item_embedding.weight.detach()
+    mixed = x.clone()
+    theta_s, theta_t = torch.randn(3, 8), torch.randn(3, 8)
+    # only length-1 sessions: nothing to contrast, 0 without NaN
+    seq = torch.tensor([[1, 0, 0], [2, 0, 0], [5, 0, 0]])
+    assert model.contrastive_loss(seq, mixed, x, theta_s, theta_t).item() == 0.0
+    # single-type sessions contrast the two models' session representations directly
+    model.is_hot.zero_()
+    seq = torch.tensor([[1, 2, 0], [3, 4, 5], [6, 7, 0]])
+    from recbole_compress.model.layers.distillation_losses import info_nce
+
+    expected = info_nce(theta_t, theta_s, model.cl_temperature)
+    assert model.contrastive_loss(seq, mixed, x, theta_s, theta_t).item() == pytest.approx(expected.item(), rel=1e-6)
+    # a mixed session depends on the teacher's cold items and the student's hot items through the swap
+    model.is_hot[[1, 3, 6]] = True
+    base = model.contrastive_loss(seq, mixed, x, theta_s, theta_t)
+    x2 = x.clone()
+    x2[2] += 1.0  # item 2 is cold in session 0: it enters through the teacher's cold readout
+    assert model.contrastive_loss(seq, mixed, x2, theta_s, theta_t).item() != pytest.approx(base.item())
+
+
+def test_hot_items_are_the_most_frequent_fifth():
+    seqs = torch.tensor([[1, 1, 1, 2, 0], [2, 2, 3, 4, 0], [5, 6, 7, 8, 9], [10, 1, 2, 0, 0]])
+    hot = hot_items(seqs, 12, 0.2)
+    # counts: 1 x4, 2 x4, others <= 1; 10 items seen -> 2 hot
+    assert hot.tolist() == [False, True, True] + [False] * 9
+    assert not hot_items(seqs, 12, 0.0).any()
+
+
+def test_fast_scoring_methods_agree_in_the_model(tiny_config, teacher_file):
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file)
+    trainer.prepare_teacher(train, valid)
+    model.freeze_codes()
+    model.eval()
+    batch = next(iter(valid))[0]
+    scores = {}
+    with torch.no_grad():
+        for method in ("dense", "rebuild", "embedding_bag", "gather", "sparse"):
+            model.score_method = method
+            scores[method] = model.full_sort_predict(batch)
+    for method, value in scores.items():
+        torch.testing.assert_close(value, scores["dense"], rtol=1e-5, atol=1e-5)
+    assert scores["dense"].shape == (len(batch), model.n_items)
+    with torch.no_grad():
+        p = model.predict(batch)
+    assert p.shape == (len(batch),)
+
+
+def test_export_reproduces_top10_and_reports_sizes(tiny_config, teacher_file, tmp_path):
+    _, model, trainer, train, valid, test = _student(tiny_config, teacher_file)
+    trainer.prepare_teacher(train, valid)
+    model.freeze_codes()
+    model.item_codebook.set_codes(torch.randint(0, 8, model.item_codebook.codes.shape))  # distinct-ish codes
+    model.eval()
+    result = export_eodrec(model, str(tmp_path / "device"))
+    exported = load_on_device(str(tmp_path / "device"))
+    scripted = torch.jit.load(result["scripted"])
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        reference = model.full_sort_predict(batch)
+        reference[:, 0] = -float("inf")
+        top = reference.topk(10)
+        ours = exported(batch[model.ITEM_SEQ], 10)
+        theirs = scripted(batch[model.ITEM_SEQ], 10)
+    torch.testing.assert_close(ours[0], top.values, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours[1], top.indices) and torch.equal(theirs[1], top.indices)
+    # the artifact holds codes (uint8), codebooks and the backbone only
+    state = torch.load(result["artifact"], weights_only=True)
+    assert state["codes"].dtype == torch.uint8 and state["codes"].shape == (model.n_items, 2)
+    assert set(state) == {"format", "meta", "codes", "codebooks", "backbone"}
+    assert set(state["backbone"]) == set(model.backbone.state_dict())  # no encoder, distillation head or teacher
+    report = result["size_report"]
+    backbone = sum(v.numel() * v.element_size() for v in model.backbone.state_dict().values())
+    assert report["bytes_codes"] == model.n_items * 2
+    assert report["bytes_codebooks"] == 2 * 8 * 8 * 4
+    assert report["bytes_backbone"] == backbone
+    assert report["bytes_export"] == model.n_items * 2 + 2 * 8 * 8 * 4 + backbone
+    assert report["paper_compression_ratio"] == pytest.approx(paper_compression_ratio(model.n_items - 1, 8, 2, 8))
+    assert report["bytes_item_table_dense"] == model.n_items * 8 * 4
+    assert report["bytes_teacher"] == sum(v.numel() * v.element_size() for v in model.teacher.state_dict().values())
+    assert report["whole_model_ratio_vs_teacher"] == pytest.approx(report["bytes_teacher"] / report["bytes_export"])
+    assert model.benchmark_report()["bytes_export"] == report["bytes_export"]
+    assert size_report(model) == {k: v for k, v in report.items() if not k.startswith("file_bytes")}
+    # the checkpoint route gives the same artifact
+    checkpoint_dir = tmp_path / "ck"
+    trainer.saved_model_file = str(checkpoint_dir / "student.pth")
+    trainer.item_fingerprint = None
+    trainer._save_checkpoint(0, verbose=False)
+    again = export_eodrec(trainer.saved_model_file, str(tmp_path / "device2"), script=False)
+    with torch.no_grad():
+        assert torch.equal(load_on_device(str(tmp_path / "device2"))(batch[model.ITEM_SEQ], 10)[1], top.indices)
+    assert again["size_report"]["bytes_export"] == report["bytes_export"]
+
+
+def test_teacher_from_another_dataset_is_refused(tiny_config, teacher_file, tmp_path):
+    path, _ = teacher_file
+    other_root = write_tiny_dataset(str(tmp_path / "other"), name="other", n_items=30, seed=3)
+    cfg = _cfg(tiny_config, dataset="other", data_path=other_root, teacher_checkpoint=path)
+    with pytest.raises(CheckpointError, match="another item-id mapping"):
+        run_recbole_compress("EODRec", "other", config_dict=cfg, read_cmd_line=False)
+
+
+def test_teacher_of_another_width_is_refused_clearly(tiny_config, teacher_file):
+    path, root = teacher_file
+    cfg = _cfg(tiny_config, data_path=root, teacher_checkpoint=path, hidden_size=16, inner_size=16)
+    with pytest.raises(ConfigError, match="teacher_hidden_size"):
+        run_recbole_compress("EODRec", "tiny", config_dict=cfg, read_cmd_line=False)
+
+
+def test_a_recbole_sasrec_can_be_the_teacher(tiny_config):
+    torch.autograd.set_detect_anomaly(False)  # an earlier test may have imported RecBole's models directly
+    cfg = _cfg(tiny_config, teacher_model="SASRec", teacher_n_layers=1, teacher_inner_size=8, epochs=2)
+    result = run_recbole_compress("EODRec", "tiny", config_dict=cfg, read_cmd_line=False)
+    teacher = load_checkpoint(load_checkpoint(result["checkpoint"])["config"]["teacher_checkpoint"])
+    assert teacher["config"]["model"] == "SASRec"
+    assert teacher["state_dict"]["item_embedding.weight"].shape[1] == 8
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    # importing RecBole's sequential models runs SINE's set_detect_anomaly(True); the plugin undoes it
+    assert not torch.is_anomaly_enabled()
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("score_method", "fastest", "embedding_bag"),
+    ("code_freeze_mode", "random", "argmax"),
+    ("mse_reduction", "mean", "item_sum_mean"),
+    ("mixup_eta", 1.5, "in \\[0, 1\\]"),
+    ("soft_kd_reduction", "mean", "batchmean"),
+    ("init_method", "xavier", "uniform"),
+])
+def test_bad_settings_are_refused_before_training(tiny_config, key, value, allowed):
+    cfg = _cfg(tiny_config, **{key: value})
+    config, train, _, _ = _setup(cfg)
+    with pytest.raises(ConfigError, match=f"{key}.*{allowed}"):
+        EODRec(config, train._dataset)
+
+
+def test_teacher_model_matches_its_formula(tiny_config):
+    cfg = _cfg(tiny_config)
+    config, train, _, _ = _setup(cfg, model=EODRecTeacher)
+    teacher = EODRecTeacher(config, train._dataset).eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        scores = teacher.full_sort_predict(batch)
+        theta = teacher(batch[teacher.ITEM_SEQ], batch[teacher.ITEM_SEQ_LEN])
+        # the readout ignores padded positions: changing what they hold changes nothing
+        seq = batch[teacher.ITEM_SEQ]
+        torch.testing.assert_close(scores, theta @ teacher.item_embedding.weight.t())
+        pred = teacher.predict(batch)
+    torch.testing.assert_close(pred, scores.gather(1, batch[teacher.ITEM_ID].unsqueeze(1)).squeeze(1))
+    assert torch.equal(teacher.item_embedding.weight[0], torch.zeros(8))
+    assert (seq == 0).any()
+
+
+def test_command_line_accepts_teacher_phase_keys_and_runs(tiny_config, capsys):
+    from recbole_compress.cli import check_override_keys, main
+
+    check_override_keys(["EODRec"], {"teacher_epochs": "1", "teacher_n_layers": "1", "teacher_learning_rate": "0.01",
+                                     "teacher_initializer_range": "0.02", "mixup_eta": "0.5"})
+    with pytest.raises(ConfigError, match="teacher_nonsense"):
+        check_override_keys(["EODRec"], {"teacher_nonsense": "1"})
+    args = ["--model=EODRec", "--dataset=tiny", f"--data_path={tiny_config['data_path']}",
+            "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
+            "--train_batch_size=64", "--epochs=2", "--teacher_epochs=1", "--hidden_size=8", "--inner_size=8",
+            "--num_codebooks=2", "--codebook_size=4", "--state=ERROR", "--show_progress=False",
+            f"--checkpoint_dir={tiny_config['checkpoint_dir']}"]
+    assert main(args) == 0
+    assert "| EODRec |" in capsys.readouterr().out
+
+
+def test_resuming_a_stage_two_checkpoint_restores_teacher_and_optimiser(tiny_config, teacher_file):
+    config, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, epochs=2)
+    trainer.fit(train, valid, saved=True)
+    saved = load_checkpoint(trainer.saved_model_file)
+    assert int(saved["state_dict"]["stage_flag"]) == 1
+    config2, model2, trainer2, train2, valid2, _ = _student(tiny_config, teacher_file, epochs=3)
+    trainer2.resume_checkpoint(trainer.saved_model_file)
+    assert model2.stage == "distill" and trainer2.start_epoch == saved["epoch"] + 1
+    trainer2.prepare_teacher(train2, valid2)
+    for key, value in saved["teacher_state_dict"].items():
+        torch.testing.assert_close(model2.teacher.state_dict()[key], value)
+    assert len(trainer2.optimizer.param_groups) == 3  # student, codebooks, teacher
+    assert all(p.requires_grad for p in model2.teacher.parameters())
+    assert len(trainer2.optimizer.state) > 0  # Adam moments restored
+    trainer2.fit(train2, valid2, saved=False)
+    assert torch.equal(model2.item_codebook.codes, model.item_codebook.codes)

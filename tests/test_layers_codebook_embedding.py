@@ -1,0 +1,164 @@
+"""CodebookEmbedding: composition, exact fast full-catalogue scoring, code statistics, paper compression ratio."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_compress.model.layers.codebook_embedding import (
+    SCORE_METHODS,
+    CodebookEmbedding,
+    code_dtype,
+    code_statistics,
+    paper_compression_ratio,
+)
+
+# Table 4 of the paper: (M, K) -> compression ratio printed for Tmall (|V|=40,728, N=128) and RetailRocket
+# (|V|=36,968, N=256).
+TABLE4 = {
+    (1, 32): (116, 210), (1, 128): (91, 135), (1, 256): (71, 92), (1, 512): (49, 56),
+    (2, 32): (58, 105), (2, 128): (46, 68), (2, 256): (35, 46), (2, 512): (24, 28),
+    (3, 32): (39, 70), (3, 128): (30, 45), (3, 256): (24, 31), (3, 512): (16, 19),
+    (4, 32): (29, 52), (4, 128): (23, 34), (4, 256): (18, 23), (4, 512): (12, 14),
+    (5, 32): (23, 42), (5, 128): (18, 27), (5, 256): (14, 18), (5, 512): (10, 11),
+}
+# the two printed values that are truncated rather than rounded
+TRUNCATED = {("tmall", 2, 512), ("rr", 1, 128)}
+
+
+def test_compression_ratio_tmall_m4_k32_by_hand():
+    # 40,728 * 128 / (4*32*128 + 4*40,728) = 5,213,184 / 179,296
+    assert paper_compression_ratio(40728, 128, 4, 32) == pytest.approx(5213184 / 179296)
+    assert round(paper_compression_ratio(40728, 128, 4, 32), 1) == 29.1
+
+
+@pytest.mark.parametrize("mk", sorted(TABLE4))
+def test_compression_ratio_matches_paper_table4(mk):
+    m, k = mk
+    for name, (v, n), printed in (("tmall", (40728, 128), TABLE4[mk][0]), ("rr", (36968, 256), TABLE4[mk][1])):
+        cr = paper_compression_ratio(v, n, m, k)
+        expected = math.floor(cr) if (name, m, k) in TRUNCATED else round(cr)
+        assert expected == printed, (name, m, k, cr)
+
+
+def test_table1_sizes_and_upper_bound():
+    # Table 1: |V| = 20,000, N = 100; compressed size = M*K*N + M*|V| (the (8, 8) row is misprinted in the paper)
+    for (m, k), size in {(2, 8): 41600, (2, 128): 65600, (2, 512): 142400, (4, 8): 83200, (4, 128): 131200,
+                         (4, 512): 284800, (8, 8): 166400, (8, 128): 262400, (8, 512): 569600}.items():
+        assert m * k * 100 + m * 20000 == size
+        assert paper_compression_ratio(20000, 100, m, k) == pytest.approx(2_000_000 / size)
+    assert paper_compression_ratio(10**12, 128, 4, 32) == pytest.approx(128 / 4, rel=1e-6)
+
+
+def _random_layer(n=1000, n_dim=16, m=4, k=32, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    layer = CodebookEmbedding(n, n_dim, m, k).to(dtype)
+    with torch.no_grad():
+        layer.codebooks.copy_(torch.randn(m, k, n_dim, generator=g, dtype=dtype))
+    layer.set_codes(torch.randint(0, k, (n, m), generator=g))
+    return layer
+
+
+def test_table_is_the_sum_of_one_codeword_per_codebook():
+    layer = _random_layer(n=50, n_dim=6, m=3, k=5, dtype=torch.float64)
+    codes = layer.codes.long()
+    loop = torch.stack([sum(layer.codebooks[m, codes[v, m]] for m in range(3)) for v in range(50)])
+    torch.testing.assert_close(layer.table(), loop, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.weight, loop, rtol=0, atol=1e-12)
+    ids = torch.tensor([[3, 0, 49], [7, 7, 1]])
+    torch.testing.assert_close(layer(ids), loop[ids], rtol=0, atol=1e-12)
+    onehot = F.one_hot(codes, 5).to(torch.float64)
+    torch.testing.assert_close(layer.table_from_onehot(onehot), loop, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.lookup(codes[:4]), loop[:4], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("m,k", [(1, 2), (3, 32), (4, 32), (4, 256), (2, 512)])
+@pytest.mark.parametrize("method", SCORE_METHODS)
+def test_fast_scores_equal_naive_scores(m, k, method):
+    layer = _random_layer(n=1000, n_dim=16, m=m, k=k, seed=m * 1000 + k)
+    layer.eval()
+    query = torch.randn(7, 16, generator=torch.Generator().manual_seed(1))
+    naive = query @ layer.table().t()
+    with torch.no_grad():
+        fast = layer.full_scores(query, method)
+    assert fast.shape == (7, 1000)
+    assert (fast - naive).abs().max().item() <= 1e-5 * max(1.0, naive.abs().max().item())
+    # float64: equal to rounding, and the same top-10
+    layer64 = _random_layer(n=1000, n_dim=16, m=m, k=k, seed=m * 1000 + k, dtype=torch.float64)
+    q64 = query.double()
+    naive64 = q64 @ layer64.table().t()
+    with torch.no_grad():
+        fast64 = layer64.full_scores(q64, method)
+    torch.testing.assert_close(fast64, naive64, rtol=0, atol=1e-10)
+    # the same top-10 (items with tied scores, i.e. identical codes, may swap places)
+    top = naive64.topk(10)
+    torch.testing.assert_close(naive64.gather(1, fast64.topk(10).indices), top.values, rtol=0, atol=1e-10)
+    if layer64.statistics()["collisions"] == 0 and layer64.codes[0].tolist() not in layer64.codes[1:].tolist():
+        assert torch.equal(fast64.topk(10).indices, top.indices)
+
+
+def test_fast_scorers_are_differentiable_like_the_dense_product():
+    layer = _random_layer(n=200, n_dim=8, m=3, k=16)
+    query = torch.randn(5, 8, requires_grad=True)
+    weights = torch.randn(5, 200)
+    grads = {}
+    for method in ("dense", "embedding_bag", "gather"):
+        layer.zero_grad()
+        query.grad = None
+        (layer.full_scores(query, method) * weights).sum().backward()
+        grads[method] = (query.grad.clone(), layer.codebooks.grad.clone())
+    for method in ("embedding_bag", "gather"):
+        torch.testing.assert_close(grads[method][0], grads["dense"][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grads[method][1], grads["dense"][1], rtol=1e-5, atol=1e-5)
+
+
+def test_cached_table_follows_new_codes_and_codebook_updates():
+    layer = _random_layer(n=100, n_dim=8, m=2, k=8)
+    layer.eval()
+    query = torch.randn(3, 8)
+    with torch.no_grad():
+        before = layer.full_scores(query, "dense")
+        layer.set_codes(torch.zeros(100, 2, dtype=torch.long))
+        after_codes = layer.full_scores(query, "dense")
+        layer.codebooks.add_(1.0)
+        after_books = layer.full_scores(query, "dense")
+    assert not torch.allclose(before, after_codes)
+    assert not torch.allclose(after_codes, after_books)
+    torch.testing.assert_close(after_books, query @ layer.table().t())
+    # a state_dict load invalidates the flat index too
+    other = _random_layer(n=100, n_dim=8, m=2, k=8, seed=5)
+    layer.load_state_dict(other.state_dict())
+    torch.testing.assert_close(layer.full_scores(query, "gather"), query @ other.table().t(), rtol=1e-5, atol=1e-5)
+
+
+def test_code_dtype_storage_bytes_and_validation():
+    assert code_dtype(32) == torch.uint8 and code_dtype(256) == torch.uint8 and code_dtype(512) == torch.int16
+    layer = CodebookEmbedding(1001, 128, 4, 32)
+    assert layer.codes.dtype == torch.uint8
+    assert layer.storage_bytes() == {"codebooks": 4 * 32 * 128 * 4, "codes": 1001 * 4}
+    assert CodebookEmbedding(11, 8, 3, 512).storage_bytes()["codes"] == 11 * 3 * 2
+    assert layer.compression_ratio() == pytest.approx(paper_compression_ratio(1000, 128, 4, 32))
+    with pytest.raises(ValueError, match=r"\[0, 32\)"):
+        layer.set_codes(torch.full((1001, 4), 32))
+    with pytest.raises(ValueError, match="shape"):
+        layer.set_codes(torch.zeros(1000, 4))
+    with pytest.raises(ValueError, match="score method"):
+        layer.full_scores(torch.randn(2, 128), "fastest")
+
+
+def test_code_statistics_counts_collisions_by_hand():
+    codes = torch.tensor([
+        [9, 9],  # padding row, skipped
+        [0, 1], [1, 2], [1, 2], [3, 1], [1, 2], [3, 1], [0, 2],
+    ])
+    stats = code_statistics(codes, codebook_size=4)
+    # groups: (0,1) x1, (1,2) x3, (3,1) x2, (0,2) x1 -> 4 distinct codes for 7 items
+    assert stats["items"] == 7
+    assert stats["distinct_codes"] == 4
+    assert stats["collisions"] == 3
+    assert stats["items_sharing_a_code"] == 5
+    assert stats["largest_group"] == 3
+    # codebook 0 uses 0 x2, 1 x3, 2 x0, 3 x2; codebook 1 uses 0 x0, 1 x3, 2 x4, 3 x0
+    assert stats["codeword_usage_min"] == 0 and stats["codeword_usage_max"] == 4
+    unique = code_statistics(torch.tensor([[0, 0], [0, 1], [1, 0]]), 2)
+    assert unique["collisions"] == 0 and unique["items_sharing_a_code"] == 0 and unique["distinct_codes"] == 2
