@@ -84,15 +84,18 @@ def test_prediction_after_t_depends_only_on_the_prefix():
     """Spec 9.5.1: forward(seq[:t] zero-padded, t) == forward(seq with the later items in place, t) for every t."""
     model, _ = tiny_model()
     full, _, _ = random_batch(4, 20, lengths=[20, 20, 20, 20], seed=3)
-    for t in range(1, 21):
-        lengths = torch.full((4,), t)
-        prefix = full.masked_fill(torch.arange(20)[None, :] >= t, 0)
-        torch.testing.assert_close(model(prefix, lengths), model(full, lengths), atol=1e-10, rtol=0)
-        torch.testing.assert_close(
-            model.full_sort_predict(interaction(model, prefix, lengths)),
-            model.full_sort_predict(interaction(model, full, lengths)),
-            atol=1e-9, rtol=0,
-        )
+    # one row per (sequence, t): the whole sequence with item_seq_len = t, and its prefix zero-padded
+    rows = full.repeat_interleave(20, dim=0)
+    lengths = torch.arange(1, 21).repeat(4)
+    prefix = rows.masked_fill(torch.arange(20)[None, :] >= lengths[:, None], 0)
+    torch.testing.assert_close(model(prefix, lengths), model(rows, lengths), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        model.full_sort_predict(interaction(model, prefix, lengths)),
+        model.full_sort_predict(interaction(model, rows, lengths)),
+        atol=1e-9, rtol=0,
+    )
+    # each prefix is encoded alone, so the batching above hides nothing
+    torch.testing.assert_close(model(prefix[:1], lengths[:1]), model(prefix, lengths)[:1], atol=1e-10, rtol=0)
     # a change inside the prefix does change the prediction (the check can fail)
     changed = full.clone()
     changed[:, 4] = (changed[:, 4] % (N_ITEMS - 1)) + 1
@@ -354,3 +357,22 @@ def test_tiny_saved_run_through_objective_function_reloads(tiny_config):
     scores = model.full_sort_predict(batch)  # the batch's target column is never read
     assert scores.shape == (len(batch), dataset.item_num)
     assert 0 < model.benchmark_report()["key_usage_block0"] <= 1
+
+
+def test_whole_model_flops_grow_linearly_unlike_sasrec():
+    """Spec 9.3: default widths (d=64, 2 blocks, k=8, stride 8), one sequence; analytic growth 3.63 and 3.97."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def forward_flops(name, length):
+        model, _ = build_model(name, length, N_ITEMS)
+        model.eval()
+        seq = torch.randint(1, N_ITEMS, (1, length))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(seq, torch.tensor([length]))
+        return counter.get_total_flops()
+
+    pkm = [forward_flops("PKMACT", L) for L in (50, 200, 800)]
+    sas = [forward_flops("SASRec", L) for L in (50, 200, 800)]
+    assert pkm[1] / pkm[0] <= 4.2 and pkm[2] / pkm[1] <= 4.4
+    assert sas[2] / sas[1] >= 6.0
+    assert pkm[2] < 0.5 * sas[2]
