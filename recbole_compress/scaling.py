@@ -196,11 +196,13 @@ def plot(records, path, title="Forward pass against sequence length"):
     for model in sorted({r["model"] for r in records}):
         rows = sorted((r for r in records if r["model"] == model), key=lambda r: r["length"])
         xs = [r["length"] for r in rows]
-        axes[0].plot(xs, [r["forward_ms"] for r in rows], marker="o", label=model)
-        axes[1].plot(xs, [r["forward_peak_bytes"] / 2 ** 20 for r in rows], marker="o", label=model)
+        (line,) = axes[0].plot(xs, [r["forward_ms"] for r in rows], marker="o", label=model)
+        color = line.get_color()
+        axes[1].plot(xs, [r["forward_peak_bytes"] / 2 ** 20 for r in rows], marker="o", color=color,
+                     label=f"{model} (forward)")
         if any(r.get("train_peak_bytes") for r in rows):
             axes[1].plot(xs, [r.get("train_peak_bytes", float("nan")) / 2 ** 20 for r in rows], marker="x",
-                         linestyle="--", label=f"{model} (train step)")
+                         linestyle="--", color=color, label=f"{model} (train step)")
     for ax, ylabel in zip(axes, ("forward time (ms per batch)", "peak memory (MiB, model's allocations)")):
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -376,3 +376,21 @@ def test_whole_model_flops_grow_linearly_unlike_sasrec():
     assert pkm[1] / pkm[0] <= 4.2 and pkm[2] / pkm[1] <= 4.4
     assert sas[2] / sas[1] >= 6.0
     assert pkm[2] < 0.5 * sas[2]
+
+
+def test_scaling_module_writes_table_json_and_plot(tmp_path):
+    from recbole_compress import scaling
+
+    out = tmp_path / "scaling"
+    summary = scaling.main(["--models", "PKM-ACT,SASRec", "--lengths", "8,16", "--batch_size", "2", "--repeats", "1",
+                            "--n_items", "30", "--output_dir", str(out), "--hidden_size=8", "--inner_size=16",
+                            "--n_heads=1", "--n_layers=1", "--pkm_n_keys=4", "--pkm_topk=2", "--query_stride=4"])
+    records = summary["records"]
+    assert {(r["model"], r["length"]) for r in records} == {(m, L) for m in ("PKM-ACT", "SASRec") for L in (8, 16)}
+    assert all(r["forward_ms"] > 0 and r["forward_peak_bytes"] > 0 for r in records)
+    sasrec16 = next(r for r in records if r["model"] == "SASRec" and r["length"] == 16)
+    assert sasrec16["forward_ms_ratio"] == 1.0 and "forward_ms_growth" in sasrec16
+    for name in ("scaling.json", "scaling.md", "scaling.png"):
+        assert (out / name).stat().st_size > 0
+    with pytest.raises(ConfigError):
+        scaling.main(["--models", "NoSuchModel", "--output_dir", str(out)])
