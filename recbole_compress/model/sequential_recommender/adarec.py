@@ -192,7 +192,7 @@ class AdaRec(SequentialRecommender):
 
     def set_teacher(self, teacher):
         """Keep the trained teacher (not a submodule: it is not saved, counted or optimised with the student)."""
-        self._teacher = teacher
+        object.__setattr__(self, "_teacher", teacher)  # not a submodule: never saved, counted or optimised
 
     @property
     def teacher(self):

@@ -113,7 +113,7 @@ class AdaRecSearch(AdaRec):
             self.hidden_projection = nn.Linear(self.embedding_size, width).to(device)
             self.emd = EMDLayerMapper(n_layers, self.num_cells, self.emd_weight_temperature,
                                       self.emd_update_weights).to(device)
-        self._teacher = teacher
+        object.__setattr__(self, "_teacher", teacher)  # not a submodule: never saved, counted or optimised
 
     # -- architecture --------------------------------------------------------------------------------------------
     def arch_parameters(self):
