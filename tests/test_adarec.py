@@ -407,6 +407,7 @@ def test_bad_configuration_is_refused_before_training(tiny_config, extra, messag
     ("kd_kl_direction", "both", "kd_kl_direction must be one of forward, reverse"),
     ("op_cost_mode", "official", "op_cost_mode must be one of reference, actual"),
     ("kd_gamma", 1.5, "kd_gamma must be in"),
+    ("eval_arch", "best", "eval_arch must be one of argmax, sample"),
 ])
 def test_bad_search_configuration_is_refused(tiny_config, key, value, message):
     config, train, *_ = setup("AdaRecSearch", adarec_config(tiny_config))
@@ -418,7 +419,7 @@ def test_bad_search_configuration_is_refused(tiny_config, key, value, message):
 def test_phase_keys_are_prefixed_and_known(tiny_config):
     keys = known_config_keys("AdaRec")
     assert {"teacher_embedding_size", "teacher_n_layers", "teacher_epochs", "search_epochs", "search_kd_gamma",
-            "search_train_batch_size", "teacher_checkpoint", "search_checkpoint"} <= keys
+            "search_train_batch_size", "search_eval_arch", "teacher_checkpoint", "search_checkpoint"} <= keys
     assert "teacher_no_such_key" not in keys
     from recbole_compress.cli import check_override_keys
 

@@ -26,8 +26,9 @@ step). The loss (Eq. 16) is returned as its parts::
   edges of one cell (the cells share ``alpha``).
 
 The teacher is frozen, kept out of the module tree (not saved, counted or optimised) and run under ``no_grad``.
-Validation uses the argmax architecture (``search_eval_arch: argmax``) or a fresh sample (``sample``, the
-authors'). :meth:`derive_genotype` is the argmax operation per edge (``none`` included, as in the authors' code).
+Validation uses the argmax architecture (``eval_arch: argmax``, ``search_eval_arch`` in an AdaRec run) or a fresh
+sample (``sample``, the authors'). :meth:`derive_genotype` is the argmax operation per edge (``none`` included, as in
+the authors' code).
 
 Departures from the paper, and why: the losses use the last valid position (prediction) and the valid positions
 (embedding, hidden states) of RecBole's right-padded prefixes, so the input never contains the target; the authors'
@@ -63,7 +64,7 @@ class AdaRecSearch(AdaRec):
         self.kd_temperature = config["kd_temperature"]
         self.kl_direction = config["kd_kl_direction"]
         self.loss_weights = {k: config[k] for k in ("w_ce", "w_kd_emb", "w_kd_pred", "w_kd_hidden")}
-        self.eval_arch = config["search_eval_arch"]
+        self.eval_arch = config["eval_arch"]
         self.gumbel_hard = config["gumbel_hard"]
         self.emd_weight_temperature = config["emd_weight_temperature"]
         self.emd_update_weights = config["emd_update_weights"]
@@ -73,7 +74,7 @@ class AdaRecSearch(AdaRec):
             raise ConfigError(f"efficiency_beta must be >= 0, got {self.beta!r}")
         if self.kd_temperature <= 0:
             raise ConfigError(f"kd_temperature must be > 0, got {self.kd_temperature!r}")
-        for key, allowed in (("kd_kl_direction", KL_DIRECTIONS), ("search_eval_arch", EVAL_ARCHS),
+        for key, allowed in (("kd_kl_direction", KL_DIRECTIONS), ("eval_arch", EVAL_ARCHS),
                              ("op_cost_mode", OP_COST_MODES)):
             if config[key] not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {config[key]!r}")
