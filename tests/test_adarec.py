@@ -442,3 +442,17 @@ def test_phase_configs_keep_student_defaults_out_and_use_their_own_batch_size(ti
     loader = phase_train_data(search, train)
     assert loader is not train and len(next(iter(loader))) == 16 and len(next(iter(train))) == 64
     assert phase_train_data(teacher, train) is train
+
+
+def test_sasrec_teacher_drives_the_search(tiny_config):
+    config, train, *_ = setup("AdaRecSearch", adarec_config(tiny_config, teacher_hidden_size=16, teacher_n_layers=3,
+                                                            teacher_n_heads=2))
+    teacher = get_model("AdaRecSASRecTeacher")(phase_config(config, "teacher_", "AdaRecSASRecTeacher"),
+                                                train._dataset).eval()
+    supernet = get_model("AdaRecSearch")(config, train._dataset)
+    supernet.set_teacher(teacher)
+    assert supernet.emd.n_teacher == 3 and supernet.hidden_projection.out_features == 16
+    parts = supernet.calculate_loss(next(iter(train)))
+    sum(parts).backward()
+    assert all(a.grad is not None and torch.any(a.grad != 0) for a in supernet.alphas)
+    assert supernet.hidden_projection.weight.grad is not None and not any(p.grad is not None for p in teacher.parameters())
