@@ -257,9 +257,12 @@ def _generic_config_keys():
     return frozenset(keys)
 
 
-def known_config_keys(model):
+def known_config_keys(model, _seen=None):
     """Every configuration key the run of ``model`` can read: RecBole's generic keys, the model's YAML defaults
-    (RecBole's and the plugin's), and the keys its class hierarchy and trainer read from the config."""
+    (RecBole's and the plugin's), the keys its class hierarchy and trainer read from the config, and the prefixed
+    keys of the other phases of its run: a model class declaring ``phase_models = {"teacher_": ("SASRec",)}`` reads
+    ``teacher_<key>`` for every key a ``SASRec`` run reads (see :func:`recbole_compress.trainer.teacher.phase_config`),
+    plus ``teacher_model`` and ``teacher_checkpoint``."""
     import recbole
     from recbole_compress import properties_path
 
@@ -282,6 +285,12 @@ def known_config_keys(model):
     except Exception:  # pragma: no cover - the trainer is only consulted for extra keys
         pass
     keys |= set(getattr(cls, "extra_config_keys", ()))
+    seen = (_seen or set()) | {cls}
+    for prefix, phase_models in (getattr(cls, "phase_models", None) or {}).items():
+        keys |= {prefix + "model", prefix + "checkpoint"}
+        for phase_model in phase_models:
+            if get_model(phase_model) not in seen:
+                keys |= {prefix + k for k in known_config_keys(phase_model, seen)}
     return keys
 
 

@@ -9,6 +9,8 @@ protocol, device, seed), never the student's hyperparameters, plus the phase mod
 ``teacher_checkpoint`` (a plugin checkpoint file) skips the teacher phase: the file is checked against the run's
 item-id mapping (a teacher trained on other data is refused) and its model rebuilt from the file's own config.
 """
+import os
+import time
 from functools import lru_cache
 from logging import getLogger
 
@@ -44,15 +46,23 @@ def phase_config(config, prefix, model):
     defaults, then every ``<prefix>key`` of ``config`` as ``key``. Process keys (device, DDP rank) are copied as they
     are, without initialising anything again.
     """
-    import os
-
     from recbole_compress.config import Config
     from recbole_compress.utils import get_model
 
     model_class = get_model(model)
     generic = _run_keys()
     final = config.final_config_dict
-    overrides = {k: v for k, v in final.items() if k in generic and k not in _COMPUTED_KEYS}
+    # a generic key (epochs, learning_rate, ...) that only the student's own model YAML sets is a student
+    # hyperparameter: the phase takes its model's default instead; set on the command line, in config files or in
+    # config_dict, it holds for every phase (unless the phase's prefixed key overrides it)
+    external = getattr(config, "external_config_dict", None)
+    student = getattr(config, "model_class", None) or config["model"]
+    student_defaults = _model_yaml_keys(student) if external is not None else set()
+    overrides = {
+        k: v
+        for k, v in final.items()
+        if k in generic and k not in _COMPUTED_KEYS and (k not in student_defaults or k in external)
+    }
     for key, value in final.items():
         if key.startswith(prefix) and len(key) > len(prefix) and key[len(prefix):] not in ("model", "checkpoint"):
             overrides[key[len(prefix):]] = value
@@ -72,7 +82,6 @@ def phase_config_keys(prefix, default_model):
     ``<prefix>model`` and ``<prefix>checkpoint``. A student exposes them as its ``extra_config_keys`` so that
     ``--teacher_epochs=5`` is accepted on the command line."""
     import glob
-    import os
 
     import recbole
 
@@ -93,6 +102,29 @@ class PhaseConfigKeys:
 
     def __get__(self, obj, cls):
         return phase_config_keys(self.prefix, getattr(cls, "default_teacher_model", None) or "SASRec")
+
+
+def _model_yaml_keys(model):
+    """Keys of ``model``'s own YAML defaults (RecBole's and the plugin's property files)."""
+    import recbole
+
+    from recbole_compress import properties_path
+    from recbole_compress.utils import _keys_in_yaml, get_model
+
+    name = model.__name__ if isinstance(model, type) else get_model(model).__name__
+    return _keys_in_yaml(os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{name}.yaml")) | (
+        _keys_in_yaml(properties_path("model", f"{name}.yaml"))
+    )
+
+
+def phase_train_data(phase, train_data):
+    """``train_data``, or the same training split batched by the phase's own ``train_batch_size`` when it differs
+    (a phase's ``<prefix>train_batch_size`` is honoured)."""
+    if phase["train_batch_size"] == train_data.config["train_batch_size"]:
+        return train_data
+    from recbole.data.utils import get_dataloader
+
+    return get_dataloader(phase, "train")(phase, train_data._dataset, train_data._sampler, shuffle=phase["shuffle"])
 
 
 def load_teacher(path, dataset, device=None):
@@ -149,8 +181,19 @@ def train_or_load_teacher(config, train_data, valid_data, default_model, prefix=
     init_seed(teacher_config["seed"] + teacher_config["local_rank"], teacher_config["reproducibility"])
     teacher = get_model(teacher_config["model"])(teacher_config, train_data._dataset).to(teacher_config["device"])
     trainer = get_trainer(teacher_config["MODEL_TYPE"], teacher_config["model"])(teacher_config, teacher)
+    epoch_times = []
+    train_epoch = trainer._train_epoch
+
+    def timed_train_epoch(*args, **kwargs):
+        start = time.perf_counter()
+        out = train_epoch(*args, **kwargs)
+        epoch_times.append(time.perf_counter() - start)
+        return out
+
+    trainer._train_epoch = timed_train_epoch
     best_score, best_result = trainer.fit(
-        train_data, valid_data, verbose=verbose, saved=True, show_progress=config["show_progress"]
+        phase_train_data(teacher_config, train_data), valid_data, verbose=verbose, saved=True,
+        show_progress=config["show_progress"],
     )
     checkpoint = load_checkpoint(trainer.saved_model_file, map_location=teacher_config["device"])
     teacher.load_state_dict(checkpoint["state_dict"])
@@ -161,7 +204,8 @@ def train_or_load_teacher(config, train_data, valid_data, default_model, prefix=
         + f": best valid {best_score} saved in {trainer.saved_model_file}"
     )
     return teacher, {"checkpoint": trainer.saved_model_file, "trained": True, "model": teacher_config["model"],
-                     "best_valid_score": best_score, "best_valid_result": best_result}
+                     "best_valid_score": best_score, "best_valid_result": best_result,
+                     "train_seconds_per_epoch": sum(epoch_times) / len(epoch_times) if epoch_times else None}
 
 
 class DistillationTrainer(Trainer):

@@ -1,0 +1,220 @@
+"""Trainers of AdaRec: the teachers' (StepLR), the search phase's (two optimisers) and the all-phases student trainer.
+
+:class:`AdaRecTrainer` runs AdaRec's phases in one run, on the run's split, each logged and each saving its artefact:
+
+1. **teacher** (``teacher_*`` keys; :func:`recbole_compress.trainer.teacher.train_or_load_teacher`): trained, or
+   loaded from ``teacher_checkpoint`` (refused if made on another dataset) -> the teacher checkpoint;
+2. **search** (``search_*`` keys, :class:`AdaRecSearchTrainer` on the :class:`AdaRecSearch` supernet with the
+   student's structure) -> the search checkpoint (best validation epoch: network weights, ``alpha``, EMD layer
+   weights);
+3. **derive**: the argmax operation per edge of the best epoch's ``alpha`` -> ``<search checkpoint>.genotype.json``,
+   and ``adarec_arch`` / ``adarec_arch_file`` / ``search_checkpoint`` in the student's config (so in its checkpoint);
+4. **retrain** the student, warm-started from the supernet's weights (``retrain_init: supernet``) or from scratch
+   (``random``) -> the student checkpoint.
+
+A genotype (``adarec_arch``, ``adarec_arch_file``) or a ``search_checkpoint`` skips phases 1-3 (a given
+``teacher_checkpoint`` is then still loaded and recorded, for comparisons); a ``teacher_checkpoint`` alone skips
+phase 1. ``phase_checkpoints`` lists the artefacts (``teacher``, ``search``, ``genotype``).
+"""
+import os
+import time
+
+import torch
+from recbole.utils import init_seed, set_color
+
+from recbole_compress.trainer.base import Trainer
+from recbole_compress.trainer.checkpoint import load_checkpoint
+from recbole_compress.trainer.teacher import DistillationTrainer, phase_config, phase_train_data
+
+
+class StepLRMixin:
+    """Step decay of the learning rate per epoch, ``lr_e = lr * lr_decay_gamma ** (e // lr_decay_step)``, set at the
+    start of every epoch from the epoch index (so a resumed run continues the schedule). ``lr_decay_step`` 0 or
+    empty = constant. RecBole 1.2.1's Trainer has no scheduler."""
+
+    def _decayed_optimizers(self):
+        """``[(optimizer, base learning rate, gamma)]``."""
+        return [(self.optimizer, self.config["learning_rate"], self.config["lr_decay_gamma"])]
+
+    def _set_epoch_learning_rates(self, epoch_idx):
+        step = self.config["lr_decay_step"]
+        for optimizer, base, gamma in self._decayed_optimizers():
+            factor = gamma ** (epoch_idx // step) if step and gamma is not None else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._set_epoch_learning_rates(epoch_idx)
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+
+class StepLRTrainer(StepLRMixin, Trainer):
+    """The plugin's Trainer with the per-epoch StepLR schedule (AdaRec's teachers)."""
+
+
+class JointOptimizer:
+    """Two optimisers stepped together (network weights and architecture logits, on the same batch)."""
+
+    def __init__(self, **optimizers):
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none=True):
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+
+    @property
+    def param_groups(self):
+        return [g for optimizer in self.optimizers.values() for g in optimizer.param_groups]
+
+    def state_dict(self):
+        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
+
+    def load_state_dict(self, state):
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state[name])
+
+    def __getitem__(self, name):
+        return self.optimizers[name]
+
+
+class AdaRecSearchTrainer(StepLRMixin, DistillationTrainer):
+    """Search phase: network weights (``learner``, ``learning_rate``, ``weight_decay``) and architecture logits
+    (``arch_learner``, ``arch_learning_rate``, ``arch_weight_decay``) with their own optimisers, stepped jointly on
+    every batch; the Gumbel temperature set per epoch (``gumbel_tau_init * gumbel_tau_decay_rate **
+    (epoch // gumbel_tau_decay_epochs)``). After training it reloads the best epoch, derives the genotype and writes
+    it to ``<checkpoint>.genotype.json`` (``self.genotype``, ``self.genotype_file``)."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.genotype = None
+        self.genotype_file = None
+
+    def _build_optimizer(self, **kwargs):
+        weights = super()._build_optimizer(params=self.model.weight_parameters())
+        arch = super()._build_optimizer(
+            params=self.model.arch_parameters(),
+            learner=self.config["arch_learner"],
+            learning_rate=self.config["arch_learning_rate"],
+            weight_decay=self.config["arch_weight_decay"],
+        )
+        return JointOptimizer(weights=weights, arch=arch)
+
+    def _decayed_optimizers(self):
+        return [
+            (self.optimizer["weights"], self.config["learning_rate"], self.config["lr_decay_gamma"]),
+            (self.optimizer["arch"], self.config["arch_learning_rate"], self.config["arch_lr_decay_gamma"]),
+        ]
+
+    def temperature(self, epoch_idx):
+        from recbole_compress.model.layers.gumbel_mixed_op import TemperatureSchedule
+
+        schedule = TemperatureSchedule(
+            self.config["gumbel_tau_init"], self.config["gumbel_tau_decay_rate"], self.config["gumbel_tau_decay_epochs"]
+        )
+        return schedule(epoch_idx)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.model.set_temperature(self.temperature(epoch_idx))
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        result = super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
+                             callback_fn=callback_fn)
+        if saved and os.path.isfile(self.saved_model_file):
+            self._load_model_state(load_checkpoint(self.saved_model_file, map_location=self.device))
+        self.genotype = self.model.derive_genotype()
+        if saved:
+            from recbole_compress.model.sequential_recommender.adarec import genotype_to_json
+
+            self.genotype_file = os.path.splitext(self.saved_model_file)[0] + ".genotype.json"
+            alphas = [alpha.detach().cpu().tolist() for alpha in self.model.alphas]
+            text = genotype_to_json(
+                self.genotype,
+                num_nodes=self.model.num_nodes,
+                num_cells=self.model.num_cells,
+                embedding_size=self.model.embedding_size,
+                alpha=alphas,
+                source={
+                    "dataset": self.config["dataset"],
+                    "teacher_checkpoint": self.config["teacher_checkpoint"],
+                    "search_checkpoint": self.saved_model_file,
+                    "best_valid_score": float(self.best_valid_score),
+                },
+            )
+            tmp = self.genotype_file + f".tmp-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+            os.replace(tmp, self.genotype_file)
+        return result
+
+
+class AdaRecTrainer(StepLRMixin, DistillationTrainer):
+    """All of AdaRec in one ``fit``: teacher -> search -> derive -> retrain (see the module docstring)."""
+
+    def _phase(self, name, message):
+        self.logger.info(set_color(f"AdaRec phase {name}", "green") + f": {message}")
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        model = self.model
+        if model.genotype is None:
+            self.prepare_teacher(train_data, valid_data, verbose=verbose)
+            self.run_search(train_data, valid_data, verbose=verbose, show_progress=show_progress)
+        else:
+            if self.config["teacher_checkpoint"] and self.teacher is None:
+                self.prepare_teacher(train_data, valid_data, verbose=verbose)
+            self._phase("search", f"skipped, architecture from {model.genotype_source}: {model.genotype}")
+
+        init = self.config["retrain_init"]
+        if init == "supernet" and self.start_epoch == 0:
+            path = model.search_checkpoint
+            state = load_checkpoint(path, map_location=self.device)["state_dict"]
+            copied, missing = model.load_supernet_weights(state)
+            self._phase("retrain", f"warm start from the supernet {path}: {len(copied)} tensors copied, "
+                                   f"{len(missing)} not in the supernet {missing}")
+        if self.start_epoch == 0:
+            self.optimizer = self._build_optimizer()
+        self._phase("retrain", f"training the derived student ({init} init) for up to {self.epochs} epochs")
+        result = super(DistillationTrainer, self).fit(
+            train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress, callback_fn=callback_fn
+        )
+        if saved:
+            self._phase("retrain done", f"best valid {result[0]} saved in {self.saved_model_file}")
+        return result
+
+    def run_search(self, train_data, valid_data, verbose=True, show_progress=False):
+        """Phases search and derive: train the supernet with the teacher, set the student's genotype."""
+        from recbole_compress.model.sequential_recommender.adarec import ARCH_KEYS
+        from recbole_compress.model.sequential_recommender.adarecsearch import AdaRecSearch
+
+        config = phase_config(self.config, "search_", "AdaRecSearch")
+        for key in ARCH_KEYS:
+            config[key] = self.config[key]
+        config["teacher_checkpoint"] = self.config["teacher_checkpoint"]
+        config["teacher_model"] = self.teacher_info["model"] if self.teacher_info else self.config["teacher_model"]
+        self._phase("search", f"supernet of {config['num_cells']} cells x {config['num_nodes']} nodes, width "
+                              f"{config['embedding_size']}, for up to {config['epochs']} epochs")
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        supernet = AdaRecSearch(config, train_data._dataset).to(config["device"])
+        supernet.set_teacher(self.teacher)
+        trainer = AdaRecSearchTrainer(config, supernet)
+        trainer.teacher, trainer.teacher_info = self.teacher, self.teacher_info
+        start = time.time()
+        trainer.fit(phase_train_data(config, train_data), valid_data, verbose=verbose, saved=True,
+                    show_progress=show_progress)
+        self.search_trainer = trainer
+        self._phase("search done", f"{time.time() - start:.0f}s, best valid {trainer.best_valid_score}, saved in "
+                                   f"{trainer.saved_model_file}")
+        self.phase_checkpoints["search"] = trainer.saved_model_file
+        self.phase_checkpoints["genotype"] = trainer.genotype_file
+        self.config["search_checkpoint"] = trainer.saved_model_file
+        self.config["adarec_arch"] = trainer.genotype
+        self.config["adarec_arch_file"] = trainer.genotype_file
+        self.model.search_checkpoint = trainer.saved_model_file
+        self.model.genotype_source = "the search phase"
+        self.model.set_genotype(trainer.genotype)
+        self._phase("derive", f"genotype {trainer.genotype} written to {trainer.genotype_file}")
+        return trainer.genotype
