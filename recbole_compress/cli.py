@@ -126,7 +126,9 @@ def main(argv=None):
         models = [get_model(m).__name__ for m in models]
         config_files = args.config_files.strip().split(" ") if args.config_files else None
         check_override_keys(models, overrides)
-        from recbole_compress.quick_start import build_config
+        from recbole_compress.quick_start import build_config, check_distributed_args
+
+        check_distributed_args(args.nproc, args.world_size, args.group_offset)
 
         for model in models:  # every configuration problem is found before the first model trains
             build_config(model, args.dataset, config_files, dict(overrides), read_cmd_line=False)

@@ -155,6 +155,20 @@ def run_recbole_compress(
     return result
 
 
+def check_distributed_args(nproc=1, world_size=-1, group_offset=0):
+    """Check RecBole's DDP options before any process starts; returns the world size (``nproc`` when -1)."""
+    if nproc < 1:
+        raise ConfigError(f"nproc must be >= 1, got {nproc}")
+    if world_size == -1:
+        world_size = nproc
+    if world_size < 1 or group_offset < 0 or group_offset + nproc > world_size:
+        raise ConfigError(
+            f"group_offset ({group_offset}) + nproc ({nproc}) exceeds world_size ({world_size}): the ranks of this "
+            f"group would not fit (--world_size is the total number of processes over all groups)"
+        )
+    return world_size
+
+
 def run(
     model,
     dataset,
@@ -187,14 +201,7 @@ def run(
             saved=saved,
             read_cmd_line=read_cmd_line,
         )
-    if nproc < 1:
-        raise ConfigError(f"nproc must be >= 1, got {nproc}")
-    if world_size == -1:
-        world_size = nproc
-    if group_offset + nproc > world_size:
-        raise ConfigError(
-            f"group_offset ({group_offset}) + nproc ({nproc}) exceeds world_size ({world_size}): ranks would not fit"
-        )
+    world_size = check_distributed_args(nproc, world_size, group_offset)
     import torch
     import torch.multiprocessing as mp
 

@@ -45,6 +45,7 @@ from recbole_compress import properties_path
 from recbole_compress.utils import ConfigError, get_model
 
 PARAM_TYPES = ("choice", "uniform", "loguniform", "quniform")
+STOPPED = "stopped early by the scheduler"
 _SYNTAX = (
     "expected `name choice [v1, v2, ...]`, `name uniform low,high`, `name loguniform low,high` (natural-log bounds: "
     "exp(low) .. exp(high)) or `name quniform low,high,q`"
@@ -405,8 +406,16 @@ def run_search(
     space = ray_search_space(params, algo)
     config_dict, config_file_list = _absolute_paths(config_dict, config_file_list)
 
-    # the fixed settings must make a valid configuration before any trial starts
-    base = build_config(model, dataset, config_file_list, dict(config_dict), read_cmd_line=False)
+    # the fixed settings must make a valid configuration before any trial starts (RecBole's Config sets
+    # CUDA_VISIBLE_DEVICES to its gpu_id: restore it, or a local Ray would see only that GPU)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        base = build_config(model, dataset, config_file_list, dict(config_dict), read_cmd_line=False)
+    finally:
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
     metric = base["valid_metric"].lower()
     mode = "max" if base["valid_metric_bigger"] else "min"
     epochs = int(base["epochs"])
@@ -520,17 +529,24 @@ def _trial_rows(grid, params, metric, mode):
             row["node_ip"] = metrics.get("node_ip") or str(history["node_ip"].iloc[-1])
         if result.error is not None:
             row["status"] = "failed: " + _error_line(result.error)
+        elif reports and metrics.get("done") is False:
+            row["status"] = STOPPED  # the scheduler stopped it: its last report is not the trial's end
         else:
             row["status"] = "ok"
         rows.append(row)
     sign = -1 if mode == "max" else 1
-    rows.sort(key=lambda r: (r["status"] != "ok", "best_valid_score" not in r, sign * r.get("best_valid_score", 0)))
+    rows.sort(key=lambda r: (failed(r), "best_valid_score" not in r, sign * r.get("best_valid_score", 0)))
     return rows
+
+
+def failed(row):
+    """True for a trial row whose trial raised an error."""
+    return row["status"].startswith("failed")
 
 
 def _best_row(rows, mode):
     scored = [r for r in rows if "best_valid_score" in r]
-    ok = [r for r in scored if r["status"] == "ok"] or scored
+    ok = [r for r in scored if not failed(r)] or scored
     if not ok:
         return None
     pick = max if mode == "max" else min
@@ -585,8 +601,9 @@ def format_summary(summary):
         format_table(rows, columns),
         "",
     ]
-    failed = sum(1 for r in summary["trials"] if r["status"] != "ok")
-    lines.append(f"{len(summary['trials'])} trials, {failed} failed.")
+    n_failed = sum(1 for r in summary["trials"] if failed(r))
+    n_stopped = sum(1 for r in summary["trials"] if r["status"] == STOPPED)
+    lines.append(f"{len(summary['trials'])} trials, {n_failed} failed, {n_stopped} stopped early by the scheduler.")
     best = summary["best"]
     if best is None:
         lines.append("No trial reported a validation score: no best configuration.")
