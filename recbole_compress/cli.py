@@ -107,10 +107,10 @@ def format_table(rows, columns):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.tune:
+    if "--tune" in argv:  # the search has its own options (and --help)
         from recbole_compress import tune
 
+        args, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
         ddp = [f"--{k}" for k in ("nproc", "world_size", "ip", "port", "group_offset")
                if getattr(args, k) != parser.get_default(k)]
         if ddp:
@@ -118,6 +118,7 @@ def main(argv=None):
                   file=sys.stderr)
             return 2
         return tune.main([a for a in argv if a != "--tune"])
+    args, extra = parser.parse_known_args(argv)
     try:
         overrides = parse_overrides(extra)
         models = [m.strip() for m in args.model.split(",") if m.strip()]

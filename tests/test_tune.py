@@ -82,6 +82,18 @@ dilations choice [[1, 4], [1, 2, 4, 8]]
     assert math.exp(-8) <= drawn["learning_rate"] <= math.exp(-5)
 
 
+def test_bayes_search_suggests_configurations_inside_the_space(tmp_path):
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    path = _write(tmp_path, "learning_rate loguniform -8,-5\nblock_num quniform 2,6,2\nhidden_size choice [32, 64]\n")
+    searcher = HyperOptSearch(random_state_seed=1)
+    assert searcher.set_search_properties("mrr@10", "max", ray_search_space(parse_params_file(path)))
+    for i in range(5):
+        config = searcher.suggest(f"trial{i}")
+        assert math.exp(-8) <= config["learning_rate"] <= math.exp(-5)
+        assert config["block_num"] in (2, 4, 6) and config["hidden_size"] in (32, 64)
+
+
 @pytest.mark.parametrize(
     "line, problem",
     [
@@ -124,15 +136,17 @@ def test_parser_refuses_an_empty_or_missing_file_and_unknown_keys(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _model_keys(model_class):
+def _model_keys(model_class, seen=()):
     """Configuration keys of one model: its YAML files (RecBole's and the plugin's), the keys its class hierarchy and
-    its trainer read, and RecBole's training arguments (learning rate, batch size, ...)."""
+    its trainer read, RecBole's training arguments (learning rate, batch size, ...), and the prefixed keys of the
+    other phases of its run (a class declaring ``phase_models = {"search_": ("AdaRecSearch",)}`` reads
+    ``search_<key>`` for the keys of an AdaRecSearch run)."""
     import inspect
 
     import recbole
     from recbole.utils.argument_list import training_arguments
 
-    from recbole_compress.utils import _keys_in_source, _keys_in_yaml, get_trainer
+    from recbole_compress.utils import _keys_in_source, _keys_in_yaml, get_model, get_trainer
 
     keys = set(training_arguments)
     name = model_class.__name__
@@ -146,6 +160,11 @@ def _model_keys(model_class):
             except TypeError:
                 pass
     keys |= set(getattr(model_class, "extra_config_keys", ()))
+    for prefix, phase_models in (getattr(model_class, "phase_models", None) or {}).items():
+        for phase_model in phase_models:
+            phase_class = get_model(phase_model)
+            if phase_class not in seen and phase_class is not model_class:
+                keys |= {prefix + k for k in _model_keys(phase_class, tuple(seen) + (model_class,))}
     return keys
 
 

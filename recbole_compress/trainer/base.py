@@ -61,6 +61,8 @@ class DistributedMixin:
         finally:
             config["single_spec"] = False
         self.setup_distributed()
+        if getattr(self, "optimizer", None) is not None:  # built while single_spec was set: hook it now
+            self.optimizer.register_step_pre_hook(self._average_outside_grads)
 
     def setup_distributed(self):
         """(Re)wrap ``self.model`` in ``DistributedDataParallel``; a no-op in a single-process run."""
@@ -84,17 +86,24 @@ class DistributedMixin:
         owned = getattr(self, "_ddp_param_ids", None)
         if owned is None:
             return
-        outside = [p for group in optimizer.param_groups for p in group["params"] if id(p) not in owned]
+        outside = [
+            p for group in optimizer.param_groups for p in group["params"] if p.requires_grad and id(p) not in owned
+        ]
         if not outside:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in outside]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        # one all-reduce: every gradient (zeros where a process has none) and, per parameter, how many had one
+        has_grad = torch.tensor([float(p.grad is not None) for p in outside], device=outside[0].device)
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in outside] + [has_grad]
+        )
         dist.all_reduce(flat)
-        flat /= dist.get_world_size()
+        counts = flat[-len(outside):]
+        flat = flat[: -len(outside)] / dist.get_world_size()
         offset = 0
-        for p in outside:
+        for i, p in enumerate(outside):
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            if counts[i] > 0:  # a parameter no process has a gradient for stays without one (not stepped)
+                p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
 
     def fit(self, *args, **kwargs):
