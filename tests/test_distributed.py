@@ -25,7 +25,7 @@ def free_port():
 def _metrics(printed):
     row = [line for line in printed.splitlines() if line.startswith("| SASRec")][0]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    return {"ndcg@10": float(cells[0]), "hit@10": float(cells[1]), "mrr@10": float(cells[2]), "status": cells[4]}
+    return {"ndcg@10": float(cells[1]), "hit@10": float(cells[2]), "mrr@10": float(cells[3]), "status": cells[5]}
 
 
 def test_two_process_cpu_run_through_the_cli_matches_one_process(tiny_data_path, tmp_path, capsys):
