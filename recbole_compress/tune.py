@@ -529,14 +529,18 @@ def _trial_rows(grid, params, metric, mode):
             row["node_ip"] = metrics.get("node_ip") or str(history["node_ip"].iloc[-1])
         if result.error is not None:
             row["status"] = "failed: " + _error_line(result.error)
-        elif reports and metrics.get("done") is False:
-            row["status"] = STOPPED  # the scheduler stopped it: its last report is not the trial's end
+        elif reports and not _truthy(history["last_validation"].iloc[-1] if "last_validation" in history else True):
+            row["status"] = STOPPED  # the scheduler stopped it before its trainer's last validation
         else:
             row["status"] = "ok"
         rows.append(row)
     sign = -1 if mode == "max" else 1
     rows.sort(key=lambda r: (failed(r), "best_valid_score" not in r, sign * r.get("best_valid_score", 0)))
     return rows
+
+
+def _truthy(value):
+    return str(value).strip().lower() in ("true", "1", "1.0")
 
 
 def failed(row):

@@ -370,7 +370,7 @@ def test_recbole_hypertuning_with_a_plugin_model(test_plugin_model, tiny_data_pa
 
     fixed = tmp_path / "fixed.yaml"
     fixed.write_text(yaml.safe_dump({
-        "model": test_plugin_model, "dataset": "tiny", "data_path": tiny_data_path, "epochs": 1,
+        "model": test_plugin_model, "dataset": "tiny", "data_path": tiny_data_path, "epochs": 1, "loss_type": "CE",
         "embedding_size": 8, "MAX_ITEM_LIST_LENGTH": 10, "train_batch_size": 64, "state": "ERROR",
         "checkpoint_dir": str(tmp_path / "saved"), "show_progress": False, "log_wandb": False,
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},

@@ -145,8 +145,9 @@ class CheckpointMixin:
     def epoch_report(self, epoch_idx, valid_score):
         """What one epoch produced: ``epoch``, ``train_loss`` (summed over the epoch's batches, as
         RecBole logs it; ``train_loss_<i>`` for each part of a tuple loss), ``valid_score``, every validation metric
-        under RecBole's name (e.g. ``mrr@10``), ``best_valid_score`` so far (numbers), and ``checkpoint_file``
-        (where the best epoch so far is saved, if the run saves). Meant for ``fit``'s ``callback_fn(epoch_idx, valid_score)``, which RecBole calls
+        under RecBole's name (e.g. ``mrr@10``), ``best_valid_score`` so far (numbers), ``last_validation`` (True when
+        ``fit`` ends after this validation: epochs spent or RecBole's early stopping) and ``checkpoint_file`` (where
+        the best epoch so far is saved, if the run saves). Meant for ``fit``'s ``callback_fn(epoch_idx, valid_score)``, which RecBole calls
         after each validation (see :func:`recbole_compress.quick_start.objective_function`)."""
         report = {"epoch": int(epoch_idx), "valid_score": float(valid_score)}
         loss = self.train_loss_dict.get(epoch_idx)
@@ -158,6 +159,10 @@ class CheckpointMixin:
         for key, value in (self.last_valid_result or {}).items():
             report[key] = float(value)
         report["best_valid_score"] = float(self.best_valid_score)
+        # the trainer's last validation: the epoch budget is spent or RecBole's early stopping ends the run
+        report["last_validation"] = bool(
+            epoch_idx + 1 + self.eval_step > self.epochs or self.cur_step > self.stopping_step
+        )
         report["checkpoint_file"] = self.saved_model_file
         return report
 
