@@ -62,7 +62,7 @@ class DistributedMixin:
             config["single_spec"] = False
         self.setup_distributed()
         if getattr(self, "optimizer", None) is not None:  # built while single_spec was set: hook it now
-            self.optimizer.register_step_pre_hook(self._average_outside_grads)
+            self._hook_optimizer(self.optimizer)
 
     def setup_distributed(self):
         """(Re)wrap ``self.model`` in ``DistributedDataParallel``; a no-op in a single-process run."""
@@ -79,8 +79,20 @@ class DistributedMixin:
     def _build_optimizer(self, **kwargs):
         optimizer = super()._build_optimizer(**kwargs)
         if is_distributed(self.config):
-            optimizer.register_step_pre_hook(self._average_outside_grads)
+            self._hook_optimizer(optimizer)
         return optimizer
+
+    def _hook_optimizer(self, optimizer):
+        """Average outside gradients before every step of ``optimizer``: a torch optimizer, or an object holding
+        torch optimizers as attributes, in a list or in a dict (e.g. two optimisers stepped jointly)."""
+        if isinstance(optimizer, torch.optim.Optimizer):
+            optimizer.register_step_pre_hook(self._average_outside_grads)
+            return
+        for value in getattr(optimizer, "__dict__", {}).values():
+            inner = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            for item in inner:
+                if isinstance(item, torch.optim.Optimizer):
+                    item.register_step_pre_hook(self._average_outside_grads)
 
     def _average_outside_grads(self, optimizer, args, kwargs):
         owned = getattr(self, "_ddp_param_ids", None)
