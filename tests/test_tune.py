@@ -4,8 +4,6 @@ import glob
 import json
 import math
 import os
-import re
-import sys
 
 import pytest
 
