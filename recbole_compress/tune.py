@@ -13,8 +13,8 @@ names one): one hyperparameter a line,
     block_num quniform 2,6,2              # 2, 4 or 6 (integer bounds and step give integers)
     hidden_size choice [32, 64, 128]
 
-Blank lines and lines starting with ``#`` are skipped; any other malformed line is an error naming the file and the
-line. Every other ``--key=value`` fixes a configuration key for all trials, as on the normal command line.
+Blank lines, lines starting with ``#`` and trailing ``# comments`` are skipped (RecBole's own reader knows no
+comments: the shipped files have none); any other malformed line is an error naming the file and the line. Every other ``--key=value`` fixes a configuration key for all trials, as on the normal command line.
 
 Why not RecBole's own Ray script (``run_hyper.py --tool=Ray``): with the ray release RecBole pins (2.6.3) it asks each
 trial for a GPU, so trials wait forever on a CPU machine; its result lacks the scheduler's metric, which Ray's strict
@@ -105,20 +105,26 @@ def parse_params_file(path):
             if name in seen:
                 raise ParamsFileError(f"{where}: {name!r} is already defined on line {seen[name]}")
             text = " ".join(fields[2:])
+            uncommented = text.split("#", 1)[0].strip()  # a trailing `# comment`
             if kind == "choice":
-                try:
-                    values = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    raise ParamsFileError(f"{where}: {text!r} is not a Python literal list; {_SYNTAX}") from None
+                values = None
+                for candidate in dict.fromkeys((text, uncommented)):  # a '#' may sit inside a quoted value
+                    try:
+                        values = ast.literal_eval(candidate)
+                        break
+                    except (ValueError, SyntaxError):
+                        continue
+                if values is None:
+                    raise ParamsFileError(f"{where}: {uncommented!r} is not a Python literal list; {_SYNTAX}")
                 if not isinstance(values, (list, tuple)) or not values:
                     raise ParamsFileError(f"{where}: choice needs a non-empty list such as [32, 64]; {_SYNTAX}")
                 values = list(values)
             elif kind == "quniform":
-                values = _numbers(text, 3, where)
+                values = _numbers(uncommented, 3, where)
                 if values[2] <= 0 or values[0] > values[1]:
                     raise ParamsFileError(f"{where}: quniform needs low <= high and q > 0, got {text!r}")
             else:
-                values = _numbers(text, 2, where)
+                values = _numbers(uncommented, 2, where)
                 if values[0] >= values[1]:
                     raise ParamsFileError(f"{where}: {kind} needs low < high, got {text!r}")
             seen[name] = number

@@ -41,20 +41,22 @@ def test_parser_reads_each_syntax_form(tmp_path):
 
 learning_rate loguniform -8,-5
 dropout_prob uniform 0.1, 0.5
-block_num quniform 2,6,2
+block_num quniform 2,6,2    # a trailing comment
 weight_decay quniform 0.0,0.1,0.05
-hidden_size choice [32, 64, 128]
+hidden_size choice [32, 64, 128]  # widths
 sharing_scheme choice ['cross_layer','adjacent_block']
 dilations choice [[1, 4], [1, 2, 4, 8]]
+tag choice ['a#b', 'c']
 """)
     params = {p.name: p for p in parse_params_file(path)}
     assert [p.type for p in params.values()] == ["loguniform", "uniform", "quniform", "quniform", "choice", "choice",
-                                                 "choice"]
+                                                 "choice", "choice"]
     assert params["learning_rate"].line == 4 and params["learning_rate"].values == [-8, -5]
     assert params["dropout_prob"].values == [0.1, 0.5]
     assert params["hidden_size"].values == [32, 64, 128]
     assert params["sharing_scheme"].values == ["cross_layer", "adjacent_block"]
     assert params["dilations"].values == [[1, 4], [1, 2, 4, 8]]
+    assert params["block_num"].values == [2, 6, 2] and params["tag"].values == ["a#b", "c"]
 
     space = ray_search_space(list(params.values()))
     # loguniform bounds are natural logs, as in RecBole's scripts
@@ -103,6 +105,7 @@ def test_bayes_search_suggests_configurations_inside_the_space(tmp_path):
         ("block_num quniform 2,6", "needs 3 comma-separated numbers"),
         ("block_num quniform 2,6,0", "q > 0"),
         ("hidden_size choice [32, 64", "not a Python literal list"),
+        ("hidden_size choice [32, 64  # no closing bracket]", "not a Python literal list"),
         ("hidden_size choice 64", "choice needs a non-empty list"),
         ("hidden_size choice []", "choice needs a non-empty list"),
         ("hidden_size choice [__import__('os')]", "not a Python literal list"),
