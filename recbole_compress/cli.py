@@ -3,6 +3,8 @@
     python run_recbole_compress.py --model=LSAN
     python run_recbole_compress.py --model=SASRec,NextItNet --dataset=ml-100k --epochs=5
     python run_recbole_compress.py --model=CpRec --config_files="a.yaml b.yaml" --embedding_size=64
+    python run_recbole_compress.py --model=SASRec --nproc=2                 # distributed (DDP), gloo on CPU
+    python run_recbole_compress.py --model=LSAN --tune                      # Ray Tune search (recbole_compress.tune)
 
 Every other ``--key=value`` is a configuration override, as in RecBole (it wins over config files). A key that no part
 of the run reads is refused before training (RecBole would silently ignore it). Several comma-separated models run
@@ -28,6 +30,14 @@ def build_parser():
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="dataset name; default ml-100k")
     parser.add_argument("--config_files", type=str, default=None, help="config files, separated by spaces")
     parser.add_argument("--saved", type=_bool, default=True, help="save and reload the best model (default True)")
+    # RecBole's run_recbole.py options for distributed training (gloo on CPU, NCCL on GPUs)
+    parser.add_argument("--nproc", type=int, default=1, help="the number of processes in this group (default 1)")
+    parser.add_argument("--ip", type=str, default="localhost", help="the IP of the master node")
+    parser.add_argument("--port", type=str, default="5678", help="the port of the master node")
+    parser.add_argument("--world_size", type=int, default=-1, help="total number of processes (default: nproc)")
+    parser.add_argument("--group_offset", type=int, default=0, help="the global rank offset of this group")
+    parser.add_argument("--tune", action="store_true",
+                        help="run a Ray Tune search instead (options: python -m recbole_compress.tune --help)")
     return parser
 
 
@@ -97,6 +107,17 @@ def format_table(rows, columns):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
+    if "--tune" in argv:  # the search has its own options (and --help)
+        from recbole_compress import tune
+
+        args, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+        ddp = [f"--{k}" for k in ("nproc", "world_size", "ip", "port", "group_offset")
+               if getattr(args, k) != parser.get_default(k)]
+        if ddp:
+            print(f"error: {', '.join(ddp)} cannot be combined with --tune (each trial runs in one process)",
+                  file=sys.stderr)
+            return 2
+        return tune.main([a for a in argv if a != "--tune"])
     args, extra = parser.parse_known_args(argv)
     try:
         overrides = parse_overrides(extra)
@@ -106,7 +127,9 @@ def main(argv=None):
         models = [get_model(m).__name__ for m in models]
         config_files = args.config_files.strip().split(" ") if args.config_files else None
         check_override_keys(models, overrides)
-        from recbole_compress.quick_start import build_config
+        from recbole_compress.quick_start import build_config, check_distributed_args
+
+        check_distributed_args(args.nproc, args.world_size, args.group_offset)
 
         for model in models:  # every configuration problem is found before the first model trains
             build_config(model, args.dataset, config_files, dict(overrides), read_cmd_line=False)
@@ -114,20 +137,29 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from recbole_compress.quick_start import run_recbole_compress
+    from recbole_compress.quick_start import run
 
     rows, failed = [], 0
     for model in models:
         row = {"model": model}
         try:
-            result = run_recbole_compress(
-                model=model,
-                dataset=args.dataset,
+            result = run(
+                model,
+                args.dataset,
                 config_file_list=config_files,
                 config_dict=dict(overrides),
                 saved=args.saved,
+                nproc=args.nproc,
+                world_size=args.world_size,
+                ip=args.ip,
+                port=args.port,
+                group_offset=args.group_offset,
                 read_cmd_line=False,
             )
+            if result is None:  # another group of a multi-node run: rank 0 of the master group reports
+                row["status"] = "ok (results on the master node)"
+                rows.append(row)
+                continue
             row.update({k: float(v) for k, v in (result["test_result"] or {}).items()})
             row["best_valid_score"] = float(result["best_valid_score"])
             row["checkpoint"] = result.get("checkpoint") or ""

@@ -13,6 +13,10 @@ Resolution order of the internal (default) configuration, each later file overri
    LSAN's item categories on ml-100k), like RecBole's ``special_sequential_on_ml-100k.yaml``.
 
 The external configuration then wins over all of it, as in RecBole: command line > ``config_dict`` > config files.
+
+Distributed training (``local_rank`` set, as RecBole's ``run`` does for ``--nproc`` / ``--world_size``): RecBole
+hard-codes the NCCL backend and CUDA devices. Where the run has no GPU (none available, or ``gpu_id: ''``) this Config
+joins the process group with the gloo backend on the CPU instead; with a GPU it keeps RecBole's NCCL set-up.
 """
 import os
 
@@ -59,6 +63,31 @@ class Config(RecBoleConfig):
             if dataset is None:
                 raise ConfigError("dataset must be given: as the dataset argument, in a config file, config_dict or --dataset")
         return model_class.__name__, model_class, dataset
+
+    def _init_device(self):
+        import torch
+
+        final = self.final_config_dict
+        gpu_id = final["gpu_id"]
+        gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+        if "local_rank" not in final or (gpu_id and torch.cuda.is_available()):
+            return super()._init_device()
+        # Distributed on CPU: RecBole's NCCL/CUDA set-up cannot work; use gloo, one CPU process per rank.
+        final["gpu_id"] = gpu_id
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(
+                backend="gloo",
+                rank=final["local_rank"] + final["offset"],
+                world_size=final["world_size"],
+                init_method=f"tcp://{final['ip']}:{final['port']}",
+            )
+        final["device"] = torch.device("cpu")
+        final["single_spec"] = False
+        if final["local_rank"] != 0:
+            final["state"] = "error"
+            final["show_progress"] = False
+            final["verbose"] = False
 
     def _plugin_loss_is_ce(self, model_class, plugin_model_yaml):
         if getattr(model_class, "input_type", None) == InputType.PAIRWISE:

