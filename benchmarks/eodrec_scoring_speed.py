@@ -1,6 +1,6 @@
 """Full-catalogue scoring speed of a trained EODRec student against its teacher's dense scoring.
 
-    PYTHONPATH=. /work/cpu_slot python benchmarks/eodrec_scoring_speed.py --checkpoint <EODRec checkpoint> \
+    PYTHONPATH=. python benchmarks/eodrec_scoring_speed.py --checkpoint <EODRec checkpoint> \
         [--teacher_checkpoint <teacher checkpoint>] [--batch_users 256] [--batches 4] [--repeats 7] [--output F.json]
 
 Everything is timed in one process, interleaved, on the same test users (the first ``--batches`` batches of
