@@ -1,5 +1,6 @@
 """Distributed (DDP) training on CPU with gloo: through the command line as RecBole's run_recbole.py does, and with the
 distillation trainer (a trainable teacher outside the student stays identical on every process)."""
+import os
 import socket
 
 import pytest
@@ -148,3 +149,29 @@ def test_distillation_trainer_runs_in_two_cpu_processes(tiny_config, tmp_path):
         os.path.basename(p) for p in (report["checkpoint"], report["teacher_checkpoint"])
     )  # rank 0 alone writes, under one name shared by all ranks
     assert 0 <= report["test"]["ndcg@10"] <= 1
+
+
+def test_checkpoint_dir_exists_before_recbole_checks_it(tiny_config, tmp_path, monkeypatch):
+    """RecBole's ``ensure_dir`` checks, then creates: DDP processes starting together on a fresh checkpoint_dir race
+    on it (one fails with FileExistsError). Our trainer creates the folder first, so RecBole's check finds it."""
+    import recbole.trainer.trainer as recbole_trainer
+    from recbole.data import create_dataset, data_preparation
+
+    from recbole_compress.quick_start import build_config
+    from recbole_compress.utils import get_trainer
+
+    checkpoint_dir = str(tmp_path / "fresh" / "saved")
+    config = build_config("SASRec", "tiny", None, dict(tiny_config, checkpoint_dir=checkpoint_dir),
+                          read_cmd_line=False)
+    train_data = data_preparation(config, create_dataset(config))[0]
+    model = SASRec(config, train_data._dataset)
+    seen = []
+    original = recbole_trainer.ensure_dir
+
+    def recording_ensure_dir(path):
+        seen.append(os.path.isdir(path))
+        original(path)
+
+    monkeypatch.setattr(recbole_trainer, "ensure_dir", recording_ensure_dir)
+    get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    assert seen and all(seen)

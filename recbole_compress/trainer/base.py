@@ -52,6 +52,9 @@ class DistributedMixin:
     """
 
     def __init__(self, config, model):
+        # RecBole's ensure_dir checks, then creates: DDP processes racing on a fresh checkpoint_dir can both see it
+        # missing, and one fails with FileExistsError. Creating it first with exist_ok closes that race.
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         if not is_distributed(config):
             super().__init__(config, model)
             return
