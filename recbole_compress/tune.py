@@ -214,11 +214,8 @@ def check_param_keys(model, params, path):
 
 def _plain(value):
     """numpy scalars and arrays from Ray's samplers into plain Python values."""
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        try:
-            return value.item()
-        except (ValueError, TypeError):
-            pass
+    if hasattr(value, "tolist") and not isinstance(value, (list, dict, str)):
+        return value.tolist()  # a numpy scalar gives a Python scalar, an array a (nested) list
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value

@@ -187,6 +187,15 @@ _EXTRA_KEYS = {
 }
 
 
+def _class_source_keys(klass):
+    """Config keys read in the source file of ``klass``; none for classes without one (builtins such as object)."""
+    try:
+        path = inspect.getsourcefile(klass)
+    except TypeError:
+        return set()
+    return _keys_in_source(path) if path else set()
+
+
 def _keys_in_source(path):
     try:
         with open(path, encoding="utf-8") as f:
@@ -270,20 +279,8 @@ def known_config_keys(model, _seen=None):
     keys = set(_generic_config_keys())
     keys |= _keys_in_yaml(os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{cls.__name__}.yaml"))
     keys |= _keys_in_yaml(properties_path("model", f"{cls.__name__}.yaml"))
-    for klass in inspect.getmro(cls):
-        try:
-            keys |= _keys_in_source(inspect.getsourcefile(klass))
-        except TypeError:
-            pass
-    try:
-        trainer = get_trainer(cls.type, cls)
-        for klass in inspect.getmro(trainer):
-            try:
-                keys |= _keys_in_source(inspect.getsourcefile(klass))
-            except TypeError:
-                pass
-    except Exception:  # pragma: no cover - the trainer is only consulted for extra keys
-        pass
+    for klass in inspect.getmro(cls) + inspect.getmro(get_trainer(cls.type, cls)):
+        keys |= _class_source_keys(klass)
     keys |= set(getattr(cls, "extra_config_keys", ()))
     seen = (_seen or set()) | {cls}
     for prefix, phase_models in (getattr(cls, "phase_models", None) or {}).items():

@@ -388,7 +388,7 @@ def test_teacher_from_another_dataset_is_refused(tiny_config, tmp_path):
     ({"adarec_arch": [["skip_connect"]], "retrain_init": "random"}, "adarec_arch must list"),
     ({"adarec_arch": "[[", "retrain_init": "random"}, "adarec_arch must be a JSON list"),
     ({"adarec_arch": GENOTYPE}, "no search_checkpoint is set"),
-    ({"adarec_arch_file": "/nonexistent/arch.json"}, "adarec_arch_file '/nonexistent/arch.json' does not exist"),
+    ({"adarec_arch_file": "no_such_dir/arch.json"}, "adarec_arch_file 'no_such_dir/arch.json' does not exist"),
     ({"teacher_model": "SASRec"}, "teacher_model 'SASRec' does not expose"),
     ({"search_embedding_size": 32}, "search_embedding_size .* differs from embedding_size"),
     ({"loss_type": "BPR"}, "loss_type must be 'CE'"),

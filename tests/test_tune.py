@@ -147,7 +147,7 @@ def _model_keys(model_class, seen=()):
     import recbole
     from recbole.utils.argument_list import training_arguments
 
-    from recbole_compress.utils import _keys_in_source, _keys_in_yaml, get_model, get_trainer
+    from recbole_compress.utils import _class_source_keys, _keys_in_yaml, get_model, get_trainer
 
     keys = set(training_arguments)
     name = model_class.__name__
@@ -156,10 +156,7 @@ def _model_keys(model_class, seen=()):
     classes = list(inspect.getmro(model_class)) + list(inspect.getmro(get_trainer(model_class.type, model_class)))
     for klass in classes:
         if klass.__module__.startswith(("recbole_compress", "recbole.model")):
-            try:
-                keys |= _keys_in_source(inspect.getsourcefile(klass))
-            except TypeError:
-                pass
+            keys |= _class_source_keys(klass)
     keys |= set(getattr(model_class, "extra_config_keys", ()))
     for prefix, phase_models in (getattr(model_class, "phase_models", None) or {}).items():
         for phase_model in phase_models:
