@@ -21,7 +21,7 @@ from conftest import write_tiny_dataset
 
 SMALL = {"hidden_size": 8, "inner_size": 8, "n_heads": 2, "num_codebooks": 2, "codebook_size": 8,
          "hidden_dropout_prob": 0.1, "attn_dropout_prob": 0.1, "teacher_epochs": 1, "epochs": 3,
-         "learning_rate": 0.01, "codebook_learning_rate": 0.01}
+         "learning_rate": 0.01, "codebook_learning_rate": 0.01, "code_fit_steps": 50, "code_fit_batch_size": 32}
 
 
 def _cfg(tiny_config, **extra):
@@ -115,13 +115,51 @@ def test_stage_one_switch_and_early_stopping_reset(tiny_config, teacher_file):
     trainer._train_epoch(train, 0)
     assert model.stage == "pretrain" and trainer.stopping_step > 10**6
     trainer.best_valid_score, trainer.cur_step = 0.5, 3
+    # the codes frozen at the switch are the encoder's argmax on the (still frozen) teacher table
+    expected = model.code_encoder.codes(model.teacher.item_embedding.weight.detach())
     trainer._train_epoch(train, 1)
     assert model.stage == "distill"
     assert trainer.best_valid_score == float("-inf") and trainer.cur_step == 0
     assert trainer.stopping_step == trainer.config["stopping_step"]
     assert all(p.requires_grad for p in model.teacher.parameters())
-    expected = model.code_encoder.codes(model.teacher.item_embedding.weight.detach())
     assert torch.equal(model.item_codebook.codes.long(), expected)
+
+
+def test_codes_are_fitted_to_the_teacher_table_before_the_first_student_epoch(tiny_config, teacher_file):
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file)
+    encoder_before = {k: v.clone() for k, v in model.code_encoder.state_dict().items()}
+    books_before = model.item_codebook.codebooks.detach().clone()
+    trainer.prepare_teacher(train, valid)
+    assert model.stage == "pretrain"
+    assert any(not torch.equal(encoder_before[k], v) for k, v in model.code_encoder.state_dict().items())
+    assert not torch.equal(model.item_codebook.codebooks.detach(), books_before)
+    # without code fitting the encoder waits for the first epoch
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, code_fit_steps=0)
+    encoder_before = {k: v.clone() for k, v in model.code_encoder.state_dict().items()}
+    trainer.prepare_teacher(train, valid)
+    assert all(torch.equal(encoder_before[k], v) for k, v in model.code_encoder.state_dict().items())
+
+
+def test_fitted_codes_are_summarised_and_collisions_warned_about(tiny_config, teacher_file, caplog):
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, code_collision_warning=0.0)
+    trainer.prepare_teacher(train, valid)
+    summary = model.fit_codes()
+    assert summary["steps"] == 50 and summary["items"] == model.n_items - 1
+    assert summary["last_mse"] < summary["first_mse"]
+    model.freeze_codes()
+    stats = model.item_codebook.statistics()
+    assert model.collision_share() == stats["items_sharing_a_code"] / stats["items"]
+    model.set_stage("pretrain")
+    with caplog.at_level("WARNING"):
+        trainer.start_distillation(1)
+    shared = [r for r in caplog.records if "share their code" in r.getMessage()]
+    assert len(shared) == (1 if stats["items_sharing_a_code"] > 0 else 0)
+    caplog.clear()
+    model.code_collision_warning = 1.0
+    model.set_stage("pretrain")
+    with caplog.at_level("WARNING"):
+        trainer.start_distillation(1)
+    assert not [r for r in caplog.records if "share their code" in r.getMessage()]
 
 
 def test_mixup_is_used_in_training_only(tiny_config, teacher_file):
@@ -338,6 +376,10 @@ def test_a_recbole_sasrec_can_be_the_teacher(tiny_config):
     ("mixup_eta", 1.5, "in \\[0, 1\\]"),
     ("soft_kd_reduction", "mean", "batchmean"),
     ("init_method", "xavier", "uniform"),
+    ("code_fit_steps", -1, "an integer >= 0"),
+    ("code_fit_batch_size", 0, "an integer >= 1 or None"),
+    ("code_fit_tau_start", 0.0, "> 0 or None"),
+    ("code_collision_warning", 2.0, "in \\[0, 1\\]"),
 ])
 def test_bad_settings_are_refused_before_training(tiny_config, key, value, allowed):
     cfg = _cfg(tiny_config, **{key: value})

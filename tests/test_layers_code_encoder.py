@@ -1,7 +1,7 @@
 """GumbelCodeEncoder: hard one-hot codes, straight-through gradients, deterministic argmax codes."""
 import torch
 
-from recbole_compress.model.layers.code_encoder import GumbelCodeEncoder
+from recbole_compress.model.layers.code_encoder import GumbelCodeEncoder, fit_codes
 from recbole_compress.model.layers.codebook_embedding import CodebookEmbedding
 
 
@@ -51,3 +51,39 @@ def test_low_temperature_relaxed_sample_is_nearly_one_hot():
     assert soft.max(-1).values.mean() > 0.98
     warm = enc(torch.randn(50, 6), tau=10.0, hard=False)
     assert warm.max(-1).values.max() < 0.9
+
+
+def _distinct(codes):
+    return len(set(map(tuple, codes.tolist())))
+
+
+def _fit(tau_start):
+    torch.manual_seed(0)
+    x = 0.1 * torch.randn(300, 16)
+    enc = GumbelCodeEncoder(16, 4, 16)
+    books = CodebookEmbedding(300, 16, 4, 16)
+    before = _distinct(enc.codes(x))
+    summary = fit_codes(enc, books, x, steps=400, lr=1e-2, tau=0.3, tau_start=tau_start, batch_size=128)
+    codes = enc.codes(x)
+    error = ((books.lookup(codes) - x) ** 2).sum(-1).mean() / (x - x.mean(0)).pow(2).sum(-1).mean()
+    return enc, books, summary, before, _distinct(codes), float(error)
+
+
+def test_fit_codes_learns_near_unique_codes_and_lowers_the_reconstruction_error():
+    enc, books, summary, before, distinct, error = _fit(tau_start=1.0)
+    assert summary["steps"] == 400 and summary["last_mse"] < 0.6 * summary["first_mse"]
+    assert distinct >= 0.8 * 300 > before
+    assert error < 0.6  # of the table's variance
+    assert books.codebooks.grad is None and all(p.grad is None for p in enc.parameters())
+    # the decaying temperature is what keeps the codes apart: at a constant 0.3 the encoder collapses
+    _, _, _, _, distinct_constant, error_constant = _fit(tau_start=None)
+    assert distinct_constant < 0.6 * distinct and error_constant > error + 0.1
+
+
+def test_fit_codes_with_no_steps_changes_nothing():
+    enc = GumbelCodeEncoder(4, 2, 4)
+    books = CodebookEmbedding(10, 4, 2, 4)
+    state = {k: v.clone() for k, v in enc.state_dict().items()}
+    assert fit_codes(enc, books, torch.randn(10, 4), steps=0, lr=1e-2, tau=0.3) == {
+        "steps": 0, "first_mse": None, "last_mse": None}
+    assert all(torch.equal(v, state[k]) for k, v in enc.state_dict().items())

@@ -1,7 +1,8 @@
 """EODRec's trainer: the shared teacher phase, then the student's two stages with their own optimisers.
 
 Built on :class:`recbole_compress.trainer.teacher.DistillationTrainer` (which trains or loads the teacher and calls
-``model.set_teacher``). The student's epochs ``[0, pretrain_epochs)`` are stage one (code learning, teacher frozen);
+``model.set_teacher``). Stage one (code learning, teacher frozen) starts with ``code_fit_steps`` updates of the code encoder on the
+teacher's table alone (:meth:`EODRecTrainer.fit_codes`) and goes on for the student's epochs ``[0, pretrain_epochs)``;
 at the first epoch after them the trainer
 
 - freezes the codes (``model.freeze_codes()``) and switches the model to the distillation stage,
@@ -71,6 +72,8 @@ class EODRecTrainer(DistillationTrainer):
         teacher = super().prepare_teacher(train_data, valid_data, verbose=verbose)
         if self.model.stage == "distill":
             self._enter_distillation_teacher_mode()
+        elif self.start_epoch == 0:
+            self.fit_codes()
         if self._resume_teacher_state is not None:
             teacher.load_state_dict(self._resume_teacher_state)
         if self._resume_optimizer_state is not None:
@@ -85,6 +88,18 @@ class EODRecTrainer(DistillationTrainer):
             teacher.requires_grad_(True)
 
     # -- stages ----------------------------------------------------------------------------------------------------
+    def fit_codes(self):
+        """The start of stage one: the code encoder and codebooks fitted to the teacher's table (``code_fit_*``)."""
+        if self.config["code_fit_steps"] <= 0:
+            return None
+        summary = self.model.fit_codes()
+        self.logger.info(
+            set_color("EODRec code fitting", "green")
+            + f": {summary['steps']} steps, reconstruction error {summary['first_mse']:.4f} -> "
+            f"{summary['last_mse']:.4f}; {summary['distinct_codes']} distinct codes for {summary['items']} items"
+        )
+        return summary
+
     def start_distillation(self, epoch_idx):
         """The switch from code learning to distillation (see the module docstring)."""
         model = self.model
@@ -103,6 +118,13 @@ class EODRecTrainer(DistillationTrainer):
             f"{stats['items']} items, {stats['collisions']} collisions), teacher "
             f"{'trainable' if model.teacher_trainable else 'frozen'}"
         )
+        share = model.collision_share()
+        if share > model.code_collision_warning:
+            self.logger.warning(
+                f"EODRec: {stats['items_sharing_a_code']} of {stats['items']} items ({share:.1%}) share their code "
+                f"with another item (more than code_collision_warning={model.code_collision_warning}); such items "
+                f"get the same embedding and the same score. Raise code_fit_steps or codebook_size"
+            )
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if self.model.stage == "pretrain" and epoch_idx >= self.pretrain_epochs:

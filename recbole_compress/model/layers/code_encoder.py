@@ -9,7 +9,8 @@ Xia et al., "Efficient On-Device Session-Based Recommendation", TOIS 2023, §4.2
 
 Together with :meth:`CodebookEmbedding.table_from_onehot` it is a discrete autoencoder of an embedding table
 (the MSE reconstruction of Eq. 14): the gradient reaches the encoder through the straight-through codes. Once trained,
-:meth:`codes` (deterministic argmax of ``alpha``) gives the code matrix to freeze.
+:meth:`codes` (deterministic argmax of ``alpha``) gives the code matrix to freeze. :func:`fit_codes` runs that
+autoencoder on its own for a number of steps (EODRec's ``code_fit_*`` keys).
 """
 import torch
 import torch.nn.functional as F
@@ -55,3 +56,57 @@ class GumbelCodeEncoder(nn.Module):
     def sample_codes(self, x, tau=0.3):
         """Codes ``n x M`` of one noisy Gumbel sample (what the authors' code freezes)."""
         return self.forward(x, tau=tau, hard=True).argmax(-1)
+
+
+def fit_codes(encoder, codebook, table, steps, lr, tau, tau_start=None, batch_size=None, generator=None):
+    r"""Train ``encoder`` and ``codebook`` as the discrete autoencoder of Eq. 14 on ``table`` alone.
+
+    Every step draws ``batch_size`` rows of ``table`` (all rows when None or larger than the table), encodes them with
+    the straight-through Gumbel-softmax and takes an Adam step (learning rate ``lr``, an optimiser of its own) on
+    ``(1/n) sum_v || sum_m A_m^T y_v^m - X_v ||^2``. The temperature decays geometrically from ``tau_start`` to ``tau``
+    over the steps (constant ``tau`` when ``tau_start`` is None).
+
+    Args:
+        encoder (GumbelCodeEncoder): the code encoder.
+        codebook (CodebookEmbedding): the codebooks it composes with (its ``table_from_onehot``).
+        table (Tensor): ``n x N`` target embeddings (detached here; pass the real items only, not the padding row).
+        steps (int): number of updates (0 does nothing).
+        lr (float): Adam learning rate.
+        tau (float): final Gumbel temperature.
+        tau_start (float or None): first temperature.
+        batch_size (int or None): rows per step.
+        generator (torch.Generator or None): for the row sampling.
+
+    Returns:
+        dict: ``steps``, ``first_mse`` and ``last_mse`` (mean over the first / last ``min(50, steps // 2)`` steps).
+    """
+    table = table.detach()
+    n = table.shape[0]
+    if steps <= 0 or n == 0:
+        return {"steps": 0, "first_mse": None, "last_mse": None}
+    params = list(encoder.parameters()) + [codebook.codebooks]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    window = max(1, min(50, steps // 2))
+    losses = []
+    was_training = encoder.training
+    encoder.train()
+    with torch.enable_grad():
+        for step in range(steps):
+            if tau_start is None or steps == 1:
+                t = tau
+            else:
+                t = tau_start * (tau / tau_start) ** (step / (steps - 1))
+            if batch_size is None or batch_size >= n:
+                x = table
+            else:
+                x = table[torch.randint(0, n, (batch_size,), generator=generator, device=table.device)]
+            y = encoder(x, tau=t, hard=True)
+            loss = ((codebook.table_from_onehot(y) - x) ** 2).sum(-1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    encoder.train(was_training)
+    for p in params:
+        p.grad = None
+    return {"steps": steps, "first_mse": sum(losses[:window]) / window, "last_mse": sum(losses[-window:]) / window}
