@@ -102,12 +102,12 @@ def test_fast_scorers_are_differentiable_like_the_dense_product():
     query = torch.randn(5, 8, requires_grad=True)
     weights = torch.randn(5, 200)
     grads = {}
-    for method in ("dense", "embedding_bag", "gather"):
+    for method in ("dense", "embedding_bag", "gather", "pair"):
         layer.zero_grad()
         query.grad = None
         (layer.full_scores(query, method) * weights).sum().backward()
         grads[method] = (query.grad.clone(), layer.codebooks.grad.clone())
-    for method in ("embedding_bag", "gather"):
+    for method in ("embedding_bag", "gather", "pair"):
         torch.testing.assert_close(grads[method][0], grads["dense"][0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(grads[method][1], grads["dense"][1], rtol=1e-5, atol=1e-5)
 
@@ -162,3 +162,13 @@ def test_code_statistics_counts_collisions_by_hand():
     assert stats["codeword_usage_min"] == 0 and stats["codeword_usage_max"] == 4
     unique = code_statistics(torch.tensor([[0, 0], [0, 1], [1, 0]]), 2)
     assert unique["collisions"] == 0 and unique["items_sharing_a_code"] == 0 and unique["distinct_codes"] == 2
+
+
+def test_pair_scorer_follows_new_codes_and_handles_odd_m():
+    layer = _random_layer(n=300, n_dim=8, m=3, k=8)
+    layer.eval()
+    query = torch.randn(20, 8)  # more users than one block of the pair scorer
+    with torch.no_grad():
+        torch.testing.assert_close(layer.full_scores(query, "pair"), query @ layer.table().t(), rtol=1e-5, atol=1e-5)
+        layer.set_codes(torch.randint(0, 8, (300, 3), generator=torch.Generator().manual_seed(3)))
+        torch.testing.assert_close(layer.full_scores(query, "pair"), query @ layer.table().t(), rtol=1e-5, atol=1e-5)

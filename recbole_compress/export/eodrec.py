@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_compress.model.layers.codebook_embedding import code_dtype, paper_compression_ratio
+from recbole_compress.model.layers.codebook_embedding import code_dtype, pair_columns, pair_tables, paper_compression_ratio
 from recbole_compress.model.layers.soft_attention_readout import SoftAttentionReadout
 
 ARTIFACT = "eodrec_on_device.pt"
@@ -137,14 +137,16 @@ class EODRecOnDevice(nn.Module):
     """
 
     def __init__(self, meta: Dict, codes: torch.Tensor, codebooks: torch.Tensor, backbone: Dict[str, torch.Tensor],
-                 score_chunk: int = 128):
+                 score_rows: int = 8):
         super().__init__()
         self.n_items = int(meta["n_items"])
         self.num_codebooks = int(meta["num_codebooks"])
         self.codebook_size = int(meta["codebook_size"])
         self.hidden_size = int(meta["hidden_size"])
-        self.score_chunk = int(score_chunk)
+        self.score_rows = int(score_rows)
         self.register_buffer("codes", codes.clone())
+        # the ``pair`` scorer of CodebookEmbedding: column of every item in the tables of codeword-pair sums
+        self.register_buffer("pair_columns", pair_columns(codes.long(), self.codebook_size), persistent=False)
         self.register_buffer("codebooks", codebooks.detach().clone().float())
         self.backbone = _Backbone(meta)
         self.backbone.load_state_dict(backbone, strict=True)
@@ -162,12 +164,17 @@ class EODRecOnDevice(nn.Module):
 
     def scores(self, item_seq: torch.Tensor) -> torch.Tensor:
         theta = self.session(item_seq)
-        partial_t = self.codebooks.reshape(-1, self.hidden_size) @ theta.t()  # (M*K) x B
-        index = self._flat_index()
-        out = torch.empty(theta.size(0), self.n_items, dtype=theta.dtype, device=theta.device)
-        for start in range(0, self.n_items, self.score_chunk):
-            end = min(start + self.score_chunk, self.n_items)
-            out[:, start:end] = F.embedding_bag(index[start:end], partial_t, mode="sum").t()
+        b = theta.size(0)
+        partial = (theta @ self.codebooks.reshape(-1, self.hidden_size).t()).view(b, self.num_codebooks,
+                                                                                   self.codebook_size)
+        out = torch.empty(b, self.n_items, dtype=theta.dtype, device=theta.device)
+        for start in range(0, b, self.score_rows):
+            end = min(start + self.score_rows, b)
+            tables = pair_tables(partial[start:end])
+            block = tables.index_select(1, self.pair_columns[0])
+            for g in range(1, self.pair_columns.size(0)):
+                block += tables.index_select(1, self.pair_columns[g])
+            out[start:end] = block
         out[:, 0] = -math.inf
         return out
 

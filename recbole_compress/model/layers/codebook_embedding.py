@@ -13,7 +13,11 @@ Full-catalogue scoring never needs the ``|V| x N`` table: with the per-codebook 
 gathers per item. :meth:`CodebookEmbedding.full_scores` offers several exact formulations of that sum (they differ
 from the dense product only in float summation order):
 
-- ``embedding_bag`` (default): ``F.embedding_bag`` over the transposed partial scores (item-major, contiguous
+- ``pair``: codebooks taken two at a time; for a few users at once the ``K*K`` sums
+  ``P[b, m, i] + P[b, m+1, j]`` of each pair are tabulated (``B' x (M/2) K^2``, cache-resident), and every item's
+  score is ``ceil(M/2)`` gathers from them: half the gathers and adds of ``gather``, written once into the result.
+  Fastest on a CPU for small ``K`` (on Tmall's 40,727 items at ``M=4, K=32`` it beats the dense product);
+- ``embedding_bag``: ``F.embedding_bag`` over the transposed partial scores (item-major, contiguous
   rows of ``B`` floats, vectorised), written into the ``B x |V|`` result in cache-sized item blocks;
 - ``gather``: per codebook, ``index_select`` of the ``B x K`` partial scores along the items, accumulated;
 - ``sparse``: the one-hot code matrix as a CSR ``|V| x MK`` sparse matrix times the partial scores;
@@ -26,12 +30,13 @@ sequence (:meth:`forward`) and replace ``seq_output @ item_embedding.weight.T`` 
 """
 import math
 import warnings
+from typing import List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCORE_METHODS = ("embedding_bag", "gather", "sparse", "dense", "rebuild")
+SCORE_METHODS = ("pair", "embedding_bag", "gather", "sparse", "dense", "rebuild")
 
 
 def paper_compression_ratio(n_items, hidden_size, num_codebooks, codebook_size):
@@ -85,6 +90,34 @@ def code_statistics(codes, codebook_size=None, skip_padding=True):
     }
 
 
+def pair_columns(codes, codebook_size):
+    """``G x n`` long: for the codebooks taken two at a time, ``(0, 1), (2, 3), ...`` (a last single one when ``M`` is
+    odd), the column of every item in the concatenated tables of :func:`pair_tables`:
+    ``offset_g + C[v, m] * K + C[v, m+1]`` (or ``offset_g + C[v, m]``)."""
+    columns, offset = [], 0
+    for m in range(0, codes.shape[1], 2):
+        if m + 1 < codes.shape[1]:
+            columns.append(offset + codes[:, m] * codebook_size + codes[:, m + 1])
+            offset += codebook_size * codebook_size
+        else:
+            columns.append(offset + codes[:, m])
+            offset += codebook_size
+    return torch.stack(columns)
+
+
+def pair_tables(partial: torch.Tensor) -> torch.Tensor:
+    """``B x (sum of group sizes)`` from the ``B x M x K`` partial scores: for each pair of codebooks the ``K*K`` sums
+    ``P[b, m, i] + P[b, m+1, j]`` (column ``i*K + j``), then a last single codebook's ``K`` partials. TorchScript-able."""
+    b, m_total, k = partial.size(0), partial.size(1), partial.size(2)
+    tables: List[torch.Tensor] = []
+    for m in range(0, m_total, 2):
+        if m + 1 < m_total:
+            tables.append((partial[:, m, :].unsqueeze(2) + partial[:, m + 1, :].unsqueeze(1)).reshape(b, k * k))
+        else:
+            tables.append(partial[:, m, :])
+    return torch.cat(tables, 1)
+
+
 class CodebookEmbedding(nn.Module):
     r"""Item embeddings composed from ``M`` codebooks of ``K`` vectors: ``e_v = \sum_m A_m[C[v, m]]``.
 
@@ -114,6 +147,7 @@ class CodebookEmbedding(nn.Module):
         nn.init.uniform_(self.codebooks, -0.1, 0.1)
         self.register_buffer("codes", torch.zeros(num_embeddings, num_codebooks, dtype=code_dtype(codebook_size)))
         self._index_cache = None
+        self._pair_cache = None
         self._table_cache = None
         self._csr_cache = None
 
@@ -140,7 +174,36 @@ class CodebookEmbedding(nn.Module):
             offsets = torch.arange(self.num_codebooks, device=self.codes.device) * self.codebook_size
             index = self.codes.long() + offsets
             self._index_cache = (key, index, [index[:, m].contiguous() for m in range(self.num_codebooks)])
+            self._pair_cache = None
         return self._index_cache[1]
+
+    def _pair_index(self):
+        """:func:`pair_columns` of the stored codes, cached until the codes change."""
+        self.flat_index()
+        if self._pair_cache is None:
+            self._pair_cache = pair_columns(self.codes.long(), self.codebook_size)
+        return self._pair_cache
+
+    def _pair_scores(self, query, rows=8):
+        partial = self.partial_scores(query)
+        columns = self._pair_index()
+        if torch.is_grad_enabled() and (query.requires_grad or self.codebooks.requires_grad):
+            tables = pair_tables(partial)
+            out = tables.index_select(1, columns[0])
+            for col in columns[1:]:
+                out = out + tables.index_select(1, col)
+            return out
+        out = query.new_empty(query.shape[0], self.num_embeddings)
+        for start in range(0, query.shape[0], rows):  # a few users at a time: their group tables stay in cache
+            tables = pair_tables(partial[start:start + rows])
+            block = out[start:start + rows]
+            if len(columns) == 1:
+                torch.index_select(tables, 1, columns[0], out=block)
+                continue
+            torch.add(tables.index_select(1, columns[0]), tables.index_select(1, columns[1]), out=block)
+            for col in columns[2:]:
+                block += tables.index_select(1, col)
+        return out
 
     def _column_index(self):
         self.flat_index()
@@ -208,13 +271,15 @@ class CodebookEmbedding(nn.Module):
             self._table_cache = (key, self.table().detach())
         return self._table_cache[1]
 
-    def full_scores(self, query, method="embedding_bag"):
+    def full_scores(self, query, method="pair"):
         """Scores of every item for each query row: ``query @ table().T``, shape ``B x num_embeddings``.
 
         Args:
             query: ``B x N``.
             method: one of :data:`SCORE_METHODS` (all exact up to float summation order).
         """
+        if method == "pair":
+            return self._pair_scores(query)
         if method == "dense":
             return query @ self._cached_table().t()
         if method == "rebuild":
