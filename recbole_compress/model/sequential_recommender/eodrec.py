@@ -59,8 +59,10 @@ Departures from the paper, and why:
       hundred, and at a constant 0.3 the encoder collapses: on ml-100k (teacher at 5 epochs) one stage-one epoch
       left 59 distinct codes for 1,682 items, and 2,000 table-only steps at 0.3 only 211 (lr 1e-3) or 767 (lr 1e-2),
       10-15 of the 32 codewords per codebook in use; with the decay, 1,543 distinct codes and a lower
-      reconstruction error (0.546 of the table's variance, against 0.613). Stage two logs a warning when more than ``code_collision_warning`` of the items share
-      their code with another item. ``code_fit_steps: 0`` restores the paper's stage one.
+      reconstruction error (0.546 of the table's variance, against 0.613). On Tmall's 40,727 items the rows per
+      step matter: 512 gave 7,807 distinct codes, 4,096 (``code_fit_batch_size``) 34,984. Stage two logs a warning
+      when more than ``code_collision_warning`` of the items share their code with another item.
+      ``code_fit_steps: 0`` restores the paper's stage one.
 """
 import math
 
