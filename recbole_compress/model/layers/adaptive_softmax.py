@@ -174,10 +174,10 @@ class AdaptiveSoftmax(nn.Module):
                 if rows.numel() == 0:
                     continue
                 proj, tail = self.tail[j - 1]
-                block = F.log_softmax(tail(proj(h[rows])), dim=1) + tokens[rows, j - 1 : j]
-                merged = torch.cat([values[rows], block], dim=1).topk(k, dim=1)
-                block_positions = torch.arange(bounds[j], bounds[j + 1], device=h.device).expand(rows.numel(), -1)
-                candidates = torch.cat([positions[rows], block_positions], dim=1)
+                block = F.log_softmax(tail(proj(h[rows])), dim=1).add_(tokens[rows, j - 1 : j])
+                best = block.topk(min(k, block.shape[1]), dim=1)  # the block's own top-k, then a 2k-wide merge
+                merged = torch.cat([values[rows], best.values], dim=1).topk(k, dim=1)
+                candidates = torch.cat([positions[rows], best.indices + bounds[j]], dim=1)
                 values[rows] = merged.values
                 positions[rows] = candidates.gather(1, merged.indices)
             items = self.blocks.item_order.long()[positions.clamp(max=self.blocks.n_real_items - 1)]
