@@ -28,7 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_compress.model.layers.codebook_embedding import code_dtype, pair_columns, pair_tables, paper_compression_ratio
+from recbole_compress.model.layers.codebook_embedding import (
+    code_dtype,
+    pair_columns,
+    pair_tables,
+    paper_compression_ratio,
+)
 from recbole_compress.model.layers.soft_attention_readout import SoftAttentionReadout
 
 ARTIFACT = "eodrec_on_device.pt"

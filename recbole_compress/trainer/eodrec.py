@@ -1,8 +1,9 @@
 """EODRec's trainer: the shared teacher phase, then the student's two stages with their own optimisers.
 
 Built on :class:`recbole_compress.trainer.teacher.DistillationTrainer` (which trains or loads the teacher and calls
-``model.set_teacher``). Stage one (code learning, teacher frozen) starts with ``code_fit_steps`` updates of the code encoder on the
-teacher's table alone (:meth:`EODRecTrainer.fit_codes`) and goes on for the student's epochs ``[0, pretrain_epochs)``;
+``model.set_teacher``). Stage one (code learning, teacher frozen) starts with ``code_fit_steps`` updates of the
+code encoder on the teacher's table alone (:meth:`EODRecTrainer.fit_codes`) and goes on for the student's epochs
+``[0, pretrain_epochs)``;
 at the first epoch after them the trainer
 
 - freezes the codes (``model.freeze_codes()``) and switches the model to the distillation stage,

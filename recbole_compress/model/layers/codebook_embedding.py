@@ -107,7 +107,8 @@ def pair_columns(codes, codebook_size):
 
 def pair_tables(partial: torch.Tensor) -> torch.Tensor:
     """``B x (sum of group sizes)`` from the ``B x M x K`` partial scores: for each pair of codebooks the ``K*K`` sums
-    ``P[b, m, i] + P[b, m+1, j]`` (column ``i*K + j``), then a last single codebook's ``K`` partials. TorchScript-able."""
+    ``P[b, m, i] + P[b, m+1, j]`` (column ``i*K + j``), then a last single codebook's ``K`` partials.
+    TorchScript-able."""
     b, m_total, k = partial.size(0), partial.size(1), partial.size(2)
     tables: List[torch.Tensor] = []
     for m in range(0, m_total, 2):

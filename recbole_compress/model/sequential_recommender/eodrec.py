@@ -55,7 +55,7 @@ Departures from the paper, and why:
     - Codebooks are initialised U(-0.1, 0.1) (the authors' code leaves them uninitialised).
     - Stage one starts with ``code_fit_steps`` (2000) autoencoder updates on the teacher's table alone, with the
       Gumbel temperature decaying from ``code_fit_tau_start`` (1.0) to the paper's 0.3. The paper's stage one
-      makes ~4,000 encoder updates per epoch on Tmall (batch 100); at RecBole's batch sizes one epoch gives a few
+      makes ~3,500 encoder updates per epoch on Tmall (batch 100); at RecBole's batch sizes one epoch gives a few
       hundred, and at a constant 0.3 the encoder collapses: on ml-100k (teacher at 5 epochs) one stage-one epoch
       left 59 distinct codes for 1,682 items, and 2,000 table-only steps at 0.3 only 211 (lr 1e-3) or 767 (lr 1e-2),
       10-15 of the 32 codewords per codebook in use; with the decay, 1,543 distinct codes and a lower
