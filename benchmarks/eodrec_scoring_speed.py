@@ -7,7 +7,7 @@ Everything is timed in one process, interleaved, on the same test users (the fir
 ``--batch_users`` test sessions):
 
 - *scoring only*: from the session representations of the batch, the teacher's dense ``theta @ X.T`` against each
-  exact codebook scorer of :class:`CodebookEmbedding` (``embedding_bag``, ``gather``, ``sparse``, ``dense`` = the
+  exact codebook scorer of :class:`CodebookEmbedding` (``pair``, ``embedding_bag``, ``gather``, ``sparse``, ``dense`` = the
   cached composite table, ``rebuild`` = the composite table rebuilt on every call);
 - *end to end*: ``full_sort_predict`` of the teacher against the student's with each scorer (backbone included).
 
