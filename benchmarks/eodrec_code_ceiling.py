@@ -9,13 +9,12 @@ these codes can get from the teacher's backbone), and with the training-time mix
 the authors' code evaluates with, spec §8 A1). Also reports the relative reconstruction error of ``E``.
 """
 import argparse
-import json
-import os
 
 import torch
 from recbole.trainer import Trainer
 
 from recbole_compress.model.layers.codebook_embedding import CodebookEmbedding
+from recbole_compress.profiling import report_json
 from recbole_compress.quick_start import load_data_and_model
 from recbole_compress.trainer import load_checkpoint
 
@@ -54,12 +53,7 @@ def main(argv=None):
         with torch.no_grad():
             teacher.item_embedding.weight.copy_(table)
         result[name] = {key: float(value) for key, value in trainer.evaluate(test_data, load_best_model=False).items()}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            f.write(text)
+    report_json(result, args.output)
     return 0
 
 

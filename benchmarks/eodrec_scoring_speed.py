@@ -15,14 +15,12 @@ Ratios are the teacher's time divided by the student's (above 1: the student is 
 absolute difference from the dense product is reported too (they are exact up to float summation order).
 """
 import argparse
-import json
-import os
 import sys
 
 import torch
 
 from recbole_compress.model.layers.codebook_embedding import SCORE_METHODS
-from recbole_compress.profiling import interleaved_times
+from recbole_compress.profiling import interleaved_times, report_json
 
 
 def load(checkpoint_path, teacher_path=None):
@@ -129,12 +127,7 @@ def main(argv=None):
         "end_to_end_speedup_vs_teacher": {k: end_to_end["teacher_full_sort_predict"] / v for k, v in end_to_end.items()},
         "max_abs_diff_vs_dense": exactness,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            f.write(text)
+    report_json(result, args.output)
     return 0
 
 

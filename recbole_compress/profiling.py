@@ -7,6 +7,8 @@ the input batch) is not counted, nor is anything outside torch. It works on CPU 
 Times are only meaningful as ratios between models measured in the same process on the same batches (see
 :func:`interleaved_times`): absolute seconds on a shared 2-core machine are noise.
 """
+import json
+import os
 import statistics
 import time
 
@@ -82,3 +84,15 @@ def state_dict_bytes(model):
 def count_parameters(model, trainable_only=False):
     """Number of parameters (tied parameters counted once, as ``nn.Module.parameters()`` does)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def report_json(result, output=None):
+    """Print ``result`` as indented JSON and, when ``output`` is a path, write it there too (folders created).
+    The benchmark scripts' common last step."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if output:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(output, "w") as f:
+            f.write(text)
+    return text

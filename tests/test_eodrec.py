@@ -314,6 +314,12 @@ def test_export_reproduces_top10_and_reports_sizes(tiny_config, teacher_file, tm
         theirs = scripted(batch[model.ITEM_SEQ], 10)
     torch.testing.assert_close(ours[0], top.values, rtol=1e-5, atol=1e-5)
     assert torch.equal(ours[1], top.indices) and torch.equal(theirs[1], top.indices)
+    # both on-device scorers (pair on large catalogues, embedding_bag on small ones) give the same scores
+    assert not exported.use_pair  # 41 items, pair tables of 64 columns
+    with torch.no_grad():
+        small = exported.scores(batch[model.ITEM_SEQ])
+        exported.use_pair = True
+        torch.testing.assert_close(exported.scores(batch[model.ITEM_SEQ]), small, rtol=1e-5, atol=1e-5)
     # the artifact holds codes (uint8), codebooks and the backbone only
     state = torch.load(result["artifact"], weights_only=True)
     assert state["codes"].dtype == torch.uint8 and state["codes"].shape == (model.n_items, 2)

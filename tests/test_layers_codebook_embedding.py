@@ -172,3 +172,11 @@ def test_pair_scorer_follows_new_codes_and_handles_odd_m():
         torch.testing.assert_close(layer.full_scores(query, "pair"), query @ layer.table().t(), rtol=1e-5, atol=1e-5)
         layer.set_codes(torch.randint(0, 8, (300, 3), generator=torch.Generator().manual_seed(3)))
         torch.testing.assert_close(layer.full_scores(query, "pair"), query @ layer.table().t(), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_scorer_uses_pairs_only_on_large_catalogues():
+    from recbole_compress.model.layers.codebook_embedding import pair_table_width, use_pair_scorer
+
+    assert pair_table_width(4, 32) == 2048 and pair_table_width(3, 8) == 72
+    assert use_pair_scorer(40728, 4, 32) and not use_pair_scorer(1683, 4, 32)
+    assert use_pair_scorer(8 * 72, 3, 8) and not use_pair_scorer(8 * 72 - 1, 3, 8)

@@ -33,6 +33,7 @@ from recbole_compress.model.layers.codebook_embedding import (
     pair_columns,
     pair_tables,
     paper_compression_ratio,
+    use_pair_scorer,
 )
 from recbole_compress.model.layers.soft_attention_readout import SoftAttentionReadout
 
@@ -149,8 +150,11 @@ class EODRecOnDevice(nn.Module):
         self.codebook_size = int(meta["codebook_size"])
         self.hidden_size = int(meta["hidden_size"])
         self.score_rows = int(score_rows)
+        self.score_chunk = 128
+        self.use_pair = bool(use_pair_scorer(self.n_items, self.num_codebooks, self.codebook_size))
         self.register_buffer("codes", codes.clone())
-        # the ``pair`` scorer of CodebookEmbedding: column of every item in the tables of codeword-pair sums
+        # the scorer of CodebookEmbedding's ``auto``: ``pair`` (column of every item in the pair-sum tables) on
+        # large catalogues, ``embedding_bag`` on small ones
         self.register_buffer("pair_columns", pair_columns(codes.long(), self.codebook_size), persistent=False)
         self.register_buffer("codebooks", codebooks.detach().clone().float())
         self.backbone = _Backbone(meta)
@@ -173,6 +177,14 @@ class EODRecOnDevice(nn.Module):
         partial = (theta @ self.codebooks.reshape(-1, self.hidden_size).t()).view(b, self.num_codebooks,
                                                                                    self.codebook_size)
         out = torch.empty(b, self.n_items, dtype=theta.dtype, device=theta.device)
+        if not self.use_pair:  # small catalogue: embedding_bag over the transposed partial scores (``auto``)
+            partial_t = partial.reshape(b, -1).t().contiguous()
+            index = self._flat_index()
+            for start in range(0, self.n_items, self.score_chunk):
+                end = min(start + self.score_chunk, self.n_items)
+                out[:, start:end] = F.embedding_bag(index[start:end], partial_t, mode="sum").t()
+            out[:, 0] = -math.inf
+            return out
         for start in range(0, b, self.score_rows):
             end = min(start + self.score_rows, b)
             tables = pair_tables(partial[start:end])
