@@ -119,7 +119,7 @@ class EODRecTrainer(DistillationTrainer):
             f"{stats['items']} items, {stats['collisions']} collisions), teacher "
             f"{'trainable' if model.teacher_trainable else 'frozen'}"
         )
-        share = model.collision_share()
+        share = model.collision_share(stats)
         if share > model.code_collision_warning:
             self.logger.warning(
                 f"EODRec: {stats['items_sharing_a_code']} of {stats['items']} items ({share:.1%}) share their code "

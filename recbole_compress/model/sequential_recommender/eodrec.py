@@ -285,9 +285,10 @@ class EODRec(SequentialRecommender):
         summary.update(code_statistics(self.encoder_codes("argmax"), self.codebook_size))
         return summary
 
-    def collision_share(self):
-        """Share of the real items whose frozen code tuple is also another item's."""
-        stats = self.item_codebook.statistics()
+    def collision_share(self, stats=None):
+        """Share of the real items whose frozen code tuple is also another item's (from ``stats``, the
+        :meth:`CodebookEmbedding.statistics` of the codes, when already computed)."""
+        stats = self.item_codebook.statistics() if stats is None else stats
         return stats["items_sharing_a_code"] / max(1, stats["items"])
 
     @torch.no_grad()
