@@ -51,7 +51,10 @@ from logging import getLogger
 import torch
 import yaml
 
-from recbole_compress.utils import ConfigError, get_model
+from recbole_compress.checkpoint import to_plain
+from recbole_compress.commandline import parse_value
+from recbole_compress.errors import ConfigError
+from recbole_compress.registry import get_model
 
 METRICS = ("ndcg@10", "hit@10", "mrr@10")
 RESULTS_VERSION = 1
@@ -60,13 +63,6 @@ RESULTS_VERSION = 1
 # ----------------------------------------------------------------------------------------------------------------
 # plan
 # ----------------------------------------------------------------------------------------------------------------
-
-def _parse_value(text):
-    """A --key=value value, converted like RecBole converts its command line."""
-    from recbole_compress.config import Config
-
-    return Config._convert_config_dict(None, {"v": text})["v"]
-
 
 def build_plan(args, extra):
     plan = {}
@@ -91,7 +87,7 @@ def build_plan(args, extra):
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"unrecognised argument {arg!r}: overrides for every entry are written --key=value")
         key, value = arg[2:].split("=", 1)
-        config[key] = _parse_value(value)
+        config[key] = parse_value(value)
     plan["config"] = config
     plan.setdefault("dataset", "ml-100k")
     plan.setdefault("data_path", None)
@@ -132,8 +128,14 @@ def build_plan(args, extra):
 
 
 def entry_config(plan, entry, seed, output_dir):
-    cfg = copy.deepcopy(plan["config"])
-    cfg.update(copy.deepcopy(entry["config"]))
+    """The config_dict of one (entry, seed): the plan's settings that the entry's model reads (a plan-wide key such
+    as ``hidden_size`` applies to the entries that have it), the entry's own settings, and the plan's budget."""
+    from recbole_compress.commandline import keys_of_models
+
+    own = dict(entry["config"])
+    reads = keys_of_models([entry["model"]], dict(plan["config"], **own))[entry["model"]]
+    cfg = {k: copy.deepcopy(v) for k, v in plan["config"].items() if k in reads}
+    cfg.update(copy.deepcopy(own))
     cfg.update(
         {
             "epochs": plan["epochs"],
@@ -157,9 +159,17 @@ def _hash(obj):
 # ----------------------------------------------------------------------------------------------------------------
 
 def _plain(obj):
-    from recbole_compress.trainer.checkpoint import _to_plain
+    return to_plain(obj)
 
-    return _to_plain(obj)
+
+def _export_sizes(model):
+    from recbole_compress.export.eodrec import size_report
+
+    return size_report(model)
+
+
+#: Figures the benchmark adds to a model's own ``benchmark_report`` (models never import the exporter).
+MODEL_REPORTS = {"EODRec": _export_sizes}
 
 
 def _model_extras(model):
@@ -171,51 +181,37 @@ def _model_extras(model):
                 extras[hook] = _plain(fn())
             except Exception as e:  # a report hook must never cost the run
                 extras[hook] = {"error": f"{type(e).__name__}: {e}"}
+    extra = MODEL_REPORTS.get(type(model).__name__)
+    if extra is not None:
+        try:
+            extras.setdefault("benchmark_report", {}).update(_plain(extra(model)))
+        except Exception as e:
+            extras.setdefault("benchmark_report", {})["error"] = f"{type(e).__name__}: {e}"
     return extras
 
 
 def train_entry(plan, entry, seed, output_dir):
     """Train one (entry, seed), reload its best epoch, evaluate it on the test split; returns its records."""
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_logger, init_seed
-
+    from recbole_compress.logs import start_logging
     from recbole_compress.profiling import count_parameters, state_dict_bytes
-    from recbole_compress.quick_start import build_config
-    from recbole_compress.utils import get_trainer
+    from recbole_compress.run import build, fit_and_test, make_config
 
     cfg = entry_config(plan, entry, seed, output_dir)
-    config = build_config(entry["model"], plan["dataset"], plan["config_files"] or None, cfg, read_cmd_line=False)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logger = getLogger()
-    logger.info(f"benchmark: training {entry['label']} ({entry['model']}), seed {seed}")
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-
-    epoch_times = []
-    original_train_epoch = trainer._train_epoch
-
-    def timed_train_epoch(*args, **kwargs):
-        start = time.perf_counter()
-        out = original_train_epoch(*args, **kwargs)
-        epoch_times.append(time.perf_counter() - start)
-        return out
-
-    trainer._train_epoch = timed_train_epoch
+    config = make_config(entry["model"], plan["dataset"], plan["config_files"] or None, cfg, read_cmd_line=False)
+    start_logging(config)
+    getLogger().info(f"benchmark: training {entry['label']} ({entry['model']}), seed {seed}")
+    run = build(config)
     start = time.perf_counter()
-    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    result = fit_and_test(run, saved=True, show_progress=False)
     fit_seconds = time.perf_counter() - start
-    test_result = trainer.evaluate(test_data, load_best_model=True)
-
+    trainer, model = run.trainer, run.model
+    epoch_times = trainer.epoch_seconds
     record = {
         "label": entry["label"],
         "model": entry["model"],
         "seed": seed,
-        "test_result": {k: float(v) for k, v in test_result.items()},
-        "best_valid_score": float(best_valid_score),
+        "test_result": {k: float(v) for k, v in result["test_result"].items()},
+        "best_valid_score": float(result["best_valid_score"]),
         "epochs_run": len(epoch_times),
         "train_seconds_per_epoch": statistics.mean(epoch_times) if epoch_times else None,
         "fit_seconds": fit_seconds,
@@ -227,31 +223,36 @@ def train_entry(plan, entry, seed, output_dir):
     phases = dict(getattr(trainer, "phase_checkpoints", {}) or {})
     record["phase_checkpoints"] = phases
     records = [record]
-    teacher_path = phases.get("teacher")
-    if teacher_path:
-        from recbole_compress.trainer import Trainer
-        from recbole_compress.trainer.teacher import load_teacher
-
-        teacher, teacher_config = load_teacher(teacher_path, train_data._dataset, device=config["device"])
-        teacher_test = Trainer(teacher_config, teacher).evaluate(test_data, load_best_model=False)
-        info = getattr(trainer, "teacher_info", None) or {}
-        teacher_record = {
-            "label": f"{entry['label']}/teacher",
-            "model": teacher_config["model"],
-            "seed": seed,
-            "test_result": {k: float(v) for k, v in teacher_test.items()},
-            "best_valid_score": float(info["best_valid_score"]) if info.get("best_valid_score") is not None else None,
-            "epochs_run": None,
-            "train_seconds_per_epoch": info.get("train_seconds_per_epoch"),
-            "checkpoint": teacher_path,
-            "params": count_parameters(teacher),
-            "state_dict_bytes": state_dict_bytes(teacher),
-            "phase_checkpoints": {},
-            "teacher_of": entry["label"],
-        }
-        teacher_record.update(_model_extras(teacher))
-        records.append(teacher_record)
+    if phases.get("teacher"):
+        records.append(_teacher_record(entry, seed, run, phases["teacher"]))
     return records
+
+
+def _teacher_record(entry, seed, run, teacher_path):
+    """The in-run teacher of a teacher-student entry, evaluated on the same test users."""
+    from recbole_compress.profiling import count_parameters, state_dict_bytes
+    from recbole_compress.run import restore
+    from recbole_compress.trainer import Trainer
+
+    teacher = restore(teacher_path, run.data, run.config["device"])
+    teacher_test = Trainer(teacher.config, teacher.model).evaluate(run.data.test, load_best_model=False)
+    info = getattr(run.trainer, "teacher_info", None) or {}
+    record = {
+        "label": f"{entry['label']}/teacher",
+        "model": teacher.config["model"],
+        "seed": seed,
+        "test_result": {k: float(v) for k, v in teacher_test.items()},
+        "best_valid_score": float(info["best_valid_score"]) if info.get("best_valid_score") is not None else None,
+        "epochs_run": None,
+        "train_seconds_per_epoch": info.get("train_seconds_per_epoch"),
+        "checkpoint": teacher_path,
+        "params": count_parameters(teacher.model),
+        "state_dict_bytes": state_dict_bytes(teacher.model),
+        "phase_checkpoints": {},
+        "teacher_of": entry["label"],
+    }
+    record.update(_model_extras(teacher.model))
+    return record
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,29 +260,16 @@ def train_entry(plan, entry, seed, output_dir):
 # ----------------------------------------------------------------------------------------------------------------
 
 def _load_for_measurement(checkpoint_path, plan, n_users, n_batches, teacher_path=None):
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
+    from recbole_compress.run import restore
 
-    from recbole_compress.trainer import check_item_mapping, config_from_plain, load_checkpoint
-
-    checkpoint = load_checkpoint(checkpoint_path)
-    config = config_from_plain(checkpoint["config"])
+    restored = restore(checkpoint_path)
+    config, model = restored.config, restored.model
     config["show_progress"] = False
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    check_item_mapping(checkpoint, dataset, checkpoint_path)
-    train_data, _, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
     if teacher_path and hasattr(model, "set_teacher"):
-        from recbole_compress.trainer.teacher import load_teacher
-
-        model.set_teacher(load_teacher(teacher_path, train_data._dataset, device=config["device"])[0])
+        model.set_teacher(restore(teacher_path, restored.data, config["device"]).model)
     model.eval()
     users = []
-    for batched in test_data:
+    for batched in restored.data.test:
         interaction = batched[0]
         for start in range(0, len(interaction), n_users):
             users.append(interaction[start:start + n_users].to(config["device"]))
@@ -289,7 +277,7 @@ def _load_for_measurement(checkpoint_path, plan, n_users, n_batches, teacher_pat
                 break
         if len(users) >= n_batches:
             break
-    train_batch = next(iter(train_data)).to(config["device"])
+    train_batch = next(iter(restored.data.train)).to(config["device"])
     return {"model": model, "batches": users, "train_batch": train_batch, "config": config}
 
 
@@ -536,11 +524,16 @@ def main(argv=None):
 
     # every entry's configuration is checked before the first one trains
     try:
-        from recbole_compress.quick_start import build_config
+        from recbole_compress.commandline import check_override_keys
+        from recbole_compress.preflight import check_data_rules_early
+        from recbole_compress.run import make_config
 
+        check_override_keys([e["model"] for e in plan["entries"]], plan["config"],
+                            strict=plan["config"].get("strict_config_keys", True) is not False)
         for entry in plan["entries"]:
-            build_config(entry["model"], plan["dataset"], plan["config_files"] or None,
-                         entry_config(plan, entry, plan["seeds"][0], output_dir), read_cmd_line=False)
+            config = make_config(entry["model"], plan["dataset"], plan["config_files"] or None,
+                                 entry_config(plan, entry, plan["seeds"][0], output_dir), read_cmd_line=False)
+            check_data_rules_early(config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,17 +14,23 @@ Resolution order of the internal (default) configuration, each later file overri
 
 The external configuration then wins over all of it, as in RecBole: command line > ``config_dict`` > config files.
 
+On a machine without a GPU, ``use_gpu`` is False and ``gpu_id`` empty, so that the configuration says what the run
+really uses.
+
 Distributed training (``local_rank`` set, as RecBole's ``run`` does for ``--nproc`` / ``--world_size``): RecBole
 hard-codes the NCCL backend and CUDA devices. Where the run has no GPU (none available, or ``gpu_id: ''``) this Config
 joins the process group with the gloo backend on the CPU instead; with a GPU it keeps RecBole's NCCL set-up.
 """
 import os
 
+import torch
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import InputType, ModelType
 
 from recbole_compress import properties_path
-from recbole_compress.utils import ConfigError, get_model
+from recbole_compress.checkpoint import from_plain
+from recbole_compress.errors import ConfigError
+from recbole_compress.registry import get_model
 
 
 class Config(RecBoleConfig):
@@ -35,19 +41,24 @@ class Config(RecBoleConfig):
         dataset (str): dataset name.
         config_file_list (list of str): YAML files; a missing file is a :class:`ConfigError`.
         config_dict (dict): parameters.
-        read_cmd_line (bool): read ``--key=value`` from ``sys.argv`` as RecBole does (default). Our CLI passes its
-            own parsed overrides as ``config_dict`` and sets this to False; so do Ray Tune workers, whose ``sys.argv``
-            belongs to Ray.
+        read_cmd_line (bool): read ``--key=value`` from ``sys.argv`` as RecBole does (default). Ray Tune workers,
+            whose ``sys.argv`` belongs to Ray, set it to False.
+        command_line (dict): ``--key=value`` pairs the plugin's command line has already parsed (values as strings,
+            converted as RecBole converts its command line), used instead of ``sys.argv``.
     """
 
-    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, read_cmd_line=True):
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, read_cmd_line=True,
+                 command_line=None):
         self._read_cmd_line = read_cmd_line
+        self._command_line = command_line
         for file in config_file_list or []:
             if not os.path.isfile(file):
                 raise ConfigError(f"config file {file!r} does not exist (given in config_file_list / --config_files)")
         super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
 
     def _load_cmd_line(self):
+        if self._command_line is not None:
+            return self._convert_config_dict(dict(self._command_line))
         if not self._read_cmd_line:
             return dict()
         return super()._load_cmd_line()
@@ -64,10 +75,21 @@ class Config(RecBoleConfig):
                 raise ConfigError("dataset must be given: as the dataset argument, in a config file, config_dict or --dataset")
         return model_class.__name__, model_class, dataset
 
-    def _init_device(self):
-        import torch
+    def key_sources(self):
+        """Where each user-set key came from: ``command line``, ``config_dict`` or ``config file``."""
+        sources = {}
+        for label, part in (("config file", self.file_config_dict), ("config_dict", self.variable_config_dict),
+                            ("command line", self.cmd_config_dict)):
+            for key in part or {}:
+                sources[key] = label
+        return sources
 
+    def _init_device(self):
         final = self.final_config_dict
+        if not torch.cuda.is_available():
+            final["use_gpu"] = False  # the dump and the checkpoint say what the run really uses
+            if "local_rank" not in final:
+                final["gpu_id"] = ""
         gpu_id = final["gpu_id"]
         gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
         if "local_rank" not in final or (gpu_id and torch.cuda.is_available()):
@@ -126,3 +148,24 @@ class Config(RecBoleConfig):
                 if file == dataset_file and config_dict:
                     self.parameters["Dataset"] += [k for k in config_dict if k not in self.parameters["Dataset"]]
         self.internal_config_dict["MODEL_TYPE"] = model_class.type
+
+
+def config_from_plain(plain):
+    """A :class:`Config` rebuilt from :func:`recbole_compress.checkpoint.config_to_plain` output, for this machine (its device, one process)."""
+    config = Config.__new__(Config)
+    config._read_cmd_line, config._command_line = False, None
+    config.compatibility_settings()
+    config._init_parameters_category()
+    config.yaml_loader = config._build_yaml_loader()
+    config.file_config_dict, config.variable_config_dict, config.cmd_config_dict = {}, {}, {}
+    final = from_plain(plain)
+    # a checkpoint made on a GPU machine is evaluated on this one's device
+    final["device"] = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    final["single_spec"] = True
+    final["local_rank"] = 0
+    config.final_config_dict = final
+    config.external_config_dict = {}
+    config.model = final["model"]
+    config.dataset = final["dataset"]
+    config.model_class = get_model(final["model"])
+    return config

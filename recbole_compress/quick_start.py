@@ -4,76 +4,14 @@ RecBole's ``run_recbole``, ``objective_function`` and ``load_data_and_model`` lo
 reload checkpoints with a pickled Config that torch >= 2.6 refuses. These mirror their signatures and return values
 and use the plugin's Config, model/trainer look-up and weights-only checkpoints.
 """
-import logging
-import os
 import sys
 from logging import getLogger
 
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_environment, init_logger, init_seed, set_color
+from recbole.utils import get_environment, set_color
 
-from recbole_compress.config import Config
-from recbole_compress.trainer.checkpoint import check_item_mapping, config_from_plain, load_checkpoint
-from recbole_compress.utils import ConfigError, get_model, get_trainer
-
-
-def check_dataset_files(config):
-    """Raise :class:`ConfigError` if the dataset's atomic files are missing.
-
-    RecBole would otherwise try to download the dataset, which fails offline with a confusing error. RecBole's
-    bundled ml-100k is always there.
-    """
-    dataset = config["dataset"]
-    if dataset == "ml-100k":
-        return
-    path = config["data_path"]
-    if config["benchmark_filename"]:
-        wanted = [os.path.join(path, f"{dataset}.{part}.inter") for part in config["benchmark_filename"]]
-    else:
-        wanted = [os.path.join(path, f"{dataset}.inter")]
-    missing = [f for f in wanted if not os.path.isfile(f)]
-    if missing:
-        parent = os.path.dirname(os.path.normpath(path))
-        raise ConfigError(
-            f"dataset {dataset!r} not found: {', '.join(missing)} does not exist. Put its RecBole atomic files in "
-            f"<data_path>/{dataset}/ and set data_path (now {parent!r}), e.g. --data_path=/path/to/datasets. "
-            f"recbole-compress never downloads datasets; RecBole's bundled ml-100k needs no data_path."
-        )
-
-
-def check_config_keys(config, keys, source="command line"):
-    """Refuse keys that no part of this run reads (RecBole would silently ignore them)."""
-    from recbole_compress.utils import closest_keys, known_config_keys
-
-    known = known_config_keys(config["model"])
-    unknown = sorted(k for k in keys if k not in known)
-    if not unknown:
-        return
-    hints = []
-    for key in unknown:
-        close = closest_keys(key, known)
-        hints.append(f"{key}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-    message = (
-        f"unknown configuration key(s) from the {source} for model {config['model']}: {'; '.join(hints)}. "
-        f"No part of this run reads them, so RecBole would silently ignore them."
-    )
-    if config["strict_config_keys"] is False:
-        getLogger().warning(message)
-    else:
-        raise ConfigError(message + " Set strict_config_keys: False to only warn.")
-
-
-def build_config(model=None, dataset=None, config_file_list=None, config_dict=None, read_cmd_line=True):
-    """The plugin Config, with the dataset's files checked (no download is ever attempted)."""
-    config = Config(
-        model=model,
-        dataset=dataset,
-        config_file_list=config_file_list,
-        config_dict=config_dict,
-        read_cmd_line=read_cmd_line,
-    )
-    check_dataset_files(config)
-    return config
+from recbole_compress.errors import ConfigError
+from recbole_compress.logs import start_logging
+from recbole_compress.run import build, fit_and_test, make_config, restore
 
 
 def _log_flops(model, dataset, config, logger):
@@ -95,6 +33,7 @@ def run_recbole_compress(
     saved=True,
     queue=None,
     read_cmd_line=True,
+    command_line=None,
 ):
     r"""Train and test a model (plugin or RecBole) end to end, as ``recbole.quick_start.run_recbole`` does.
 
@@ -106,46 +45,30 @@ def run_recbole_compress(
         saved (bool): save the best model and reload it for the test.
         queue: multiprocessing queue the result is put on (rank 0), as in RecBole.
         read_cmd_line (bool): read ``--key=value`` from ``sys.argv`` as RecBole does.
+        command_line (dict): ``--key=value`` pairs already parsed (the plugin's CLI), used instead of ``sys.argv``.
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result`` (RecBole's keys),
-        plus ``model`` and ``checkpoint`` (the best-model file, when saved).
+        plus ``model``, ``checkpoint`` (the best-model file, when saved) and ``log_file``.
+
+    Raises:
+        ConfigError: a bad key or value, found before any data loads (or, for rules that need the data, right
+            after it loads and before any training).
     """
-    config = build_config(model, dataset, config_file_list, config_dict, read_cmd_line)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    config = make_config(model, dataset, config_file_list, config_dict, read_cmd_line, command_line)
+    log_file = start_logging(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
-
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    logger.info(model)
-    _log_flops(model, dataset, config, logger)
-
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
-
-    environment_tb = get_environment(config)
-    logger.info("The running environment of this training is as follows:\n" + environment_tb.draw())
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
-
-    result = {
-        "best_valid_score": best_valid_score,
-        "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
-        "model": config["model"],
-        "checkpoint": trainer.saved_model_file if saved else None,
-    }
+    run = build(config)
+    logger.info(run.data.dataset)
+    logger.info(run.model)
+    _log_flops(run.model, run.data.dataset, config, logger)
+    result = fit_and_test(run, saved=saved, show_progress=config["show_progress"])
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
+    logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
+    result["log_file"] = log_file
     if not config["single_spec"]:
         import torch.distributed as dist
 
@@ -181,6 +104,7 @@ def run(
     port="5678",
     group_offset=0,
     read_cmd_line=True,
+    command_line=None,
 ):
     r"""Train and test a model in one process or in ``nproc`` distributed processes, as ``recbole.quick_start.run``.
 
@@ -200,6 +124,7 @@ def run(
             config_dict=config_dict,
             saved=saved,
             read_cmd_line=read_cmd_line,
+            command_line=command_line,
         )
     world_size = check_distributed_args(nproc, world_size, group_offset)
     import torch
@@ -213,6 +138,7 @@ def run(
         "queue": queue,
         "saved": saved,
         "read_cmd_line": read_cmd_line,
+        "command_line": command_line,
         "num_threads": max(1, torch.get_num_threads() // nproc),
     }
     mp.spawn(run_recbole_compresses, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
@@ -253,65 +179,31 @@ def objective_function(config_dict=None, config_file_list=None, saved=True, call
         dict: ``model``, ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``
         (None when ``evaluate_test`` is False), ``checkpoint``.
     """
-    config = build_config(config_dict=config_dict, config_file_list=config_file_list, read_cmd_line=False)
-    init_seed(config["seed"], config["reproducibility"])
-    logger = getLogger()
-    for hdlr in logger.handlers[:]:
-        logger.removeHandler(hdlr)
-    init_logger(config)
-    logging.basicConfig(level=logging.ERROR)
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"], config["reproducibility"])
-    model_name = config["model"]
-    model = get_model(model_name)(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    config = make_config(config_dict=config_dict, config_file_list=config_file_list, read_cmd_line=False)
+    start_logging(config)
+    run = build(config)
     fit_callback = None
     if callback_fn is not None:
-        if not hasattr(trainer, "epoch_report"):
-            raise TypeError(f"{type(trainer).__name__} has no epoch_report: it is not a recbole_compress trainer")
+        if not hasattr(run.trainer, "epoch_report"):
+            raise TypeError(f"{type(run.trainer).__name__} has no epoch_report: it is not a recbole_compress trainer")
 
         def fit_callback(epoch_idx, valid_score):
-            callback_fn(trainer.epoch_report(epoch_idx, valid_score))
+            callback_fn(run.trainer.epoch_report(epoch_idx, valid_score))
 
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, verbose=False, saved=saved, callback_fn=fit_callback
-    )
-    test_result = trainer.evaluate(test_data, load_best_model=saved) if evaluate_test else None
-    return {
-        "model": model_name,
-        "best_valid_score": best_valid_score,
-        "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
-        "checkpoint": trainer.saved_model_file if saved else None,
-    }
+    return fit_and_test(run, saved=saved, verbose=False, callback_fn=fit_callback, evaluate_test=evaluate_test)
 
 
 def load_data_and_model(model_file):
     r"""Load the dataset, its split data loaders and the model saved in ``model_file`` (a plugin checkpoint).
 
     The checkpoint is read with ``torch.load(weights_only=True)``; its configuration is plain data, and its item-id
-    fingerprint must match the rebuilt dataset's.
+    fingerprint must match the rebuilt dataset's (:func:`recbole_compress.run.restore`).
 
     Returns:
         tuple: ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's.
     """
-    checkpoint = load_checkpoint(model_file)
-    config = config_from_plain(checkpoint["config"])
-    check_dataset_files(config)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logger = getLogger()
-    logger.info(config)
-
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    check_item_mapping(checkpoint, dataset, repr(str(model_file)))
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
-    return config, model, dataset, train_data, valid_data, test_data
+    restored = restore(model_file)
+    start_logging(restored.config)
+    getLogger().info(restored.config)
+    data = restored.data
+    return restored.config, restored.model, data.dataset, data.train, data.valid, data.test

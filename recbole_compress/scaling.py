@@ -26,7 +26,8 @@ import sys
 
 import torch
 
-from recbole_compress.utils import ConfigError, get_model
+from recbole_compress.errors import ConfigError
+from recbole_compress.registry import get_model
 
 
 class SyntheticDataset:
@@ -236,7 +237,7 @@ def build_parser():
 
 
 def main(argv=None):
-    from recbole_compress.benchmark import _parse_value
+    from recbole_compress.commandline import parse_value
 
     args, extra = build_parser().parse_known_args(argv)
     overrides = {}
@@ -244,7 +245,7 @@ def main(argv=None):
         if not item.startswith("--") or "=" not in item:
             raise ConfigError(f"unrecognised argument {item!r}: model settings are given as --key=value")
         key, value = item[2:].split("=", 1)
-        overrides[key] = _parse_value(value)
+        overrides[key] = parse_value(value)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
         get_model(m)  # an unknown name fails before anything runs

@@ -42,7 +42,10 @@ import sys
 from collections import namedtuple
 
 from recbole_compress import properties_path
-from recbole_compress.utils import ConfigError, get_model
+from recbole_compress.commandline import check_override_keys, format_table, parse_overrides, report_error
+from recbole_compress.errors import ConfigError
+from recbole_compress.preflight import closest_keys, run_keys
+from recbole_compress.registry import get_model
 
 PARAM_TYPES = ("choice", "uniform", "loguniform", "quniform")
 STOPPED = "stopped early by the scheduler"
@@ -197,9 +200,7 @@ def default_params_file(model):
 
 def check_param_keys(model, params, path):
     """Refuse searched keys that no part of the model's run reads (a typo would otherwise search nothing)."""
-    from recbole_compress.utils import closest_keys, known_config_keys
-
-    known = known_config_keys(model)
+    known = run_keys(model)
     for p in params:
         if p.name not in known:
             close = closest_keys(p.name, known)
@@ -259,14 +260,15 @@ def _evaluate_test(checkpoint_file, num_threads):
     """Test result of a trial's best checkpoint (runs as a Ray task on the node that holds the file)."""
     import torch
 
-    from recbole_compress.quick_start import load_data_and_model
-    from recbole_compress.utils import get_trainer
+    from recbole_compress.registry import get_trainer
+    from recbole_compress.run import restore
 
     torch.set_num_threads(max(1, int(num_threads)))
     os.chdir(os.path.dirname(os.path.dirname(checkpoint_file)))  # the trial's folder: its log/ gets this log too
-    config, model, dataset, train_data, valid_data, test_data = load_data_and_model(checkpoint_file)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    return {k: float(v) for k, v in trainer.evaluate(test_data, load_best_model=False).items()}
+    restored = restore(checkpoint_file)
+    config = restored.config
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, restored.model)
+    return {k: float(v) for k, v in trainer.evaluate(restored.data.test, load_best_model=False).items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -286,12 +288,15 @@ def _absolute_paths(config_dict, config_file_list):
 
 
 def _error_line(error):
-    text = str(error).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
+    """The error of a failed trial in one line: its last ``...Error: message`` line, with the indented lines that
+    continue it (a list of configuration problems)."""
+    lines = [line.rstrip() for line in str(error).strip().splitlines() if line.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i].strip()
         if ("Error" in line or "Exception" in line) and not line.startswith("File "):
-            return line[:300]
-    return (lines[-1] if lines else type(error).__name__)[:300]
+            rest = [nxt.strip() for nxt in lines[i + 1:] if nxt.startswith("  ") and not nxt.strip().startswith("File ")]
+            return " ".join([line] + rest)[:500]
+    return (lines[-1].strip() if lines else type(error).__name__)[:500]
 
 
 def _ray_init(address, num_cpus, verbose):
@@ -392,7 +397,7 @@ def run_search(
     from ray import air, tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from recbole_compress.quick_start import build_config
+    from recbole_compress.run import make_config
 
     model = get_model(model).__name__
     params_file = params_file or default_params_file(model)
@@ -413,7 +418,7 @@ def run_search(
     # CUDA_VISIBLE_DEVICES to its gpu_id: restore it, or a local Ray would see only that GPU)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        base = build_config(model, dataset, config_file_list, dict(config_dict), read_cmd_line=False)
+        base = make_config(model, dataset, config_file_list, dict(config_dict), read_cmd_line=False)
     finally:
         if visible is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
@@ -581,8 +586,6 @@ def _test_of(row, cpus, gpus):
 
 def format_summary(summary):
     """The printed (and written) report: the trials table, the best configuration and the rerun command."""
-    from recbole_compress.cli import format_table
-
     names = []
     for row in summary["trials"]:
         names += [k for k in row["params"] if k not in names]
@@ -681,8 +684,6 @@ def build_parser(prog="run_recbole_compress.py --tune"):
 
 
 def main(argv=None):
-    from recbole_compress.cli import check_override_keys, parse_overrides
-
     argv = sys.argv[1:] if argv is None else argv
     args, extra = build_parser().parse_known_args(argv)
     try:
@@ -716,8 +717,7 @@ def main(argv=None):
             search_seed=args.search_seed,
         )
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print()
     print(format_summary(summary))
     print(f"(written to {summary['output_file']})")

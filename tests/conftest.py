@@ -42,7 +42,9 @@ def tiny_data_path(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(tiny_data_path, tmp_path):
-    """config_dict of a tiny, fast run on the generated dataset (1 epoch, tiny widths, quiet)."""
+    """config_dict of a tiny, fast run on the generated dataset (1 epoch, tiny widths, quiet). It sets the small
+    widths of every model (hidden_size, embedding_size, ...), so a model warns about the ones it does not read
+    instead of refusing them (strict_config_keys: False); tests of the key check set it back to True."""
     return {
         "dataset": "tiny",
         "data_path": tiny_data_path,
@@ -62,4 +64,5 @@ def tiny_config(tiny_data_path, tmp_path):
         "n_layers": 1,
         "n_heads": 1,
         "reproducibility": True,
+        "strict_config_keys": False,
     }

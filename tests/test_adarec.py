@@ -14,8 +14,10 @@ from recbole_compress.model.layers.op_cost import op_cost_table
 from recbole_compress.quick_start import load_data_and_model, run_recbole_compress
 from recbole_compress.trainer import CheckpointError, load_checkpoint
 from recbole_compress.trainer.adarec import AdaRecSearchTrainer, AdaRecTrainer
-from recbole_compress.trainer.teacher import phase_config, phase_train_data
-from recbole_compress.utils import ConfigError, get_model, known_config_keys
+from recbole_compress.phases import phase_config
+from recbole_compress.preflight import run_keys
+from recbole_compress.run import Data, PhaseRunner, phase_train_data
+from recbole_compress.utils import ConfigError, get_model
 
 from conftest import write_tiny_dataset
 
@@ -291,6 +293,7 @@ def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config):
     model = get_model("AdaRec")(config, train._dataset)
     assert model.genotype is None and len(model.cells) == 0
     trainer = AdaRecTrainer(config, model)
+    trainer.phases = PhaseRunner(config, Data(train._dataset, train, valid, test))  # what run.build gives it
     trainer.fit(train, valid, saved=True)
     result = trainer.evaluate(test, load_best_model=True)
     assert 0 <= result["ndcg@10"] <= 1
@@ -346,8 +349,10 @@ def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config):
         assert torch.equal(tensor, search["state_dict"][name])
 
     # genotype file + teacher checkpoint: teacher loaded (not trained), no search
-    trainer2 = AdaRecTrainer(config2.__class__(model="AdaRec", dataset="tiny", read_cmd_line=False,
-                                               config_dict=dict(cfg2, teacher_checkpoint=phases["teacher"])), student)
+    config2b = config2.__class__(model="AdaRec", dataset="tiny", read_cmd_line=False,
+                                 config_dict=dict(cfg2, teacher_checkpoint=phases["teacher"]))
+    trainer2 = AdaRecTrainer(config2b, student)
+    trainer2.phases = PhaseRunner(config2b, Data(train2._dataset, train2, valid2, None))
     trainer2.fit(train2, valid2, saved=True)
     assert set(trainer2.phase_checkpoints) == {"teacher"} and trainer2.teacher_info["trained"] is False
 
@@ -368,12 +373,14 @@ def test_run_recbole_compress_runs_every_phase(tiny_config):
 def test_teacher_from_another_dataset_is_refused(tiny_config, tmp_path):
     config, train, valid, _ = setup("AdaRec", adarec_config(tiny_config))
     trainer = AdaRecTrainer(config, get_model("AdaRec")(config, train._dataset))
+    trainer.phases = PhaseRunner(config, Data(train._dataset, train, valid, None))
     trainer.prepare_teacher(train, valid)
     teacher_file = trainer.phase_checkpoints["teacher"]
     other_root = write_tiny_dataset(str(tmp_path / "other"), name="other", n_items=30, seed=3)
     other = adarec_config(dict(tiny_config, dataset="other", data_path=other_root), teacher_checkpoint=teacher_file)
     config_o, train_o, valid_o, _ = setup("AdaRec", other)
     trainer_o = AdaRecTrainer(config_o, get_model("AdaRec")(config_o, train_o._dataset))
+    trainer_o.phases = PhaseRunner(config_o, Data(train_o._dataset, train_o, valid_o, None))
     with pytest.raises(CheckpointError, match="another item-id mapping"):
         trainer_o.fit(train_o, valid_o)
     assert "search" not in trainer_o.phase_checkpoints
@@ -383,14 +390,24 @@ def test_teacher_from_another_dataset_is_refused(tiny_config, tmp_path):
 # configuration
 # ---------------------------------------------------------------------------------------------------------------
 
+def test_teacher_without_distillation_outputs_is_refused_before_any_data_loads(tiny_config):
+    from recbole_compress.run import make_config
+
+    with pytest.raises(ConfigError, match="teacher_model='SASRec': must be one of AdaRecNextItNetTeacher"):
+        make_config("AdaRec", "tiny", config_dict=adarec_config(tiny_config, teacher_model="SASRec"),
+                    read_cmd_line=False)
+    # the supernet has the student's structure
+    with pytest.raises(ConfigError, match="search_embedding_size=32 .* must equal embedding_size=8"):
+        make_config("AdaRec", "tiny", config_dict=adarec_config(tiny_config, search_embedding_size=32),
+                    read_cmd_line=False)
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"retrain_init": "pretrained"}, "retrain_init must be one of supernet, random"),
     ({"adarec_arch": [["skip_connect"]], "retrain_init": "random"}, "adarec_arch must list"),
     ({"adarec_arch": "[[", "retrain_init": "random"}, "adarec_arch must be a JSON list"),
     ({"adarec_arch": GENOTYPE}, "no search_checkpoint is set"),
     ({"adarec_arch_file": "no_such_dir/arch.json"}, "adarec_arch_file 'no_such_dir/arch.json' does not exist"),
-    ({"teacher_model": "SASRec"}, "teacher_model 'SASRec' does not expose"),
-    ({"search_embedding_size": 32}, "search_embedding_size .* differs from embedding_size"),
     ({"loss_type": "BPR"}, "loss_type must be 'CE'"),
     ({"embedding_size": 0}, "embedding_size must be a positive int"),
 ])
@@ -417,11 +434,14 @@ def test_bad_search_configuration_is_refused(tiny_config, key, value, message):
 
 
 def test_phase_keys_are_prefixed_and_known(tiny_config):
-    keys = known_config_keys("AdaRec")
-    assert {"teacher_embedding_size", "teacher_n_layers", "teacher_epochs", "search_epochs", "search_kd_gamma",
+    keys = run_keys("AdaRec")
+    assert {"teacher_embedding_size", "teacher_block_num", "teacher_epochs", "search_epochs", "search_kd_gamma",
             "search_train_batch_size", "search_eval_arch", "teacher_checkpoint", "search_checkpoint"} <= keys
     assert "teacher_no_such_key" not in keys
-    from recbole_compress.cli import check_override_keys
+    # the teacher's keys are those of the chosen teacher model: the default NextItNet teacher has no n_layers
+    assert "teacher_n_layers" not in keys
+    assert "teacher_n_layers" in run_keys("AdaRec", {"teacher_": "AdaRecSASRecTeacher"})
+    from recbole_compress.commandline import check_override_keys
 
     check_override_keys(["AdaRec"], {"teacher_embedding_size": "64", "search_epochs": "3"})
     with pytest.raises(ConfigError, match="teacher_no_such_key"):

@@ -102,12 +102,12 @@ def test_plugin_model_yamls_hold_no_protocol_keys():
 
 
 def test_missing_config_file_and_dataset_are_clear_errors(tiny_config, tmp_path):
-    from recbole_compress.quick_start import build_config
+    from recbole_compress.run import make_config
 
     with pytest.raises(ConfigError, match="does not exist"):
         Config("SASRec", "tiny", config_file_list=[str(tmp_path / "nope.yaml")], read_cmd_line=False)
     with pytest.raises(ConfigError, match="never downloads"):
-        build_config("SASRec", "nosuchset", config_dict={"data_path": str(tmp_path)}, read_cmd_line=False)
+        make_config("SASRec", "nosuchset", config_dict={"data_path": str(tmp_path)}, read_cmd_line=False)
 
 
 def test_registry_lists_plugin_models():

@@ -8,7 +8,8 @@ from recbole_compress.config import Config
 from recbole_compress.model.layers.nextitnet_blocks import SHARING_SCHEMES, conv_set_index, middle_parameters
 from recbole_compress.model.sequential_recommender.cprec import CpRec
 from recbole_compress.quick_start import load_data_and_model, objective_function
-from recbole_compress.utils import ConfigError, get_model, known_config_keys
+from recbole_compress.preflight import run_keys
+from recbole_compress.utils import ConfigError, get_model
 
 UNCOMPRESSED = {"adaptive_input": False, "adaptive_output": False, "sharing_scheme": "none"}
 
@@ -55,7 +56,7 @@ def _batch(train):
 
 def test_alias_and_yaml_keys():
     assert get_model("CpRec-NextItNet") is CpRec and get_model("cprec") is CpRec
-    keys = known_config_keys("CpRec")
+    keys = run_keys("CpRec")
     for key in ("embedding_size", "sharing_scheme", "cluster_cutoffs", "cluster_dims", "adaptive_input", "loss_position"):
         assert key in keys
     config = Config(model="CpRec", dataset="ml-100k", read_cmd_line=False)
@@ -224,8 +225,13 @@ def test_ranking_comes_from_training_targets_only(tiny_data, tiny_data_path):
     ],
 )
 def test_bad_configuration_is_refused_before_training(tiny_data, extra, key):
+    """Refused by the run layer's checks: values before any data loads, cut-offs against the catalogue right after
+    the dataset loads; never by building the model."""
+    from recbole_compress.run import load_data, make_config
+
+    cfg, _ = tiny_data
     with pytest.raises(ConfigError, match=key):
-        _model(tiny_data, **extra)
+        load_data(make_config("CpRec", "tiny", config_dict=dict(cfg, **extra), read_cmd_line=False))
 
 
 def test_explicit_cutoffs_as_ranks_and_fractions(tiny_data):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from recbole.model.sequential_recommender import SASRec
 
+from recbole_compress.config_keys import Phase
 from recbole_compress.trainer.teacher import DistillationTrainer
 
 # batch order fixed (no shuffle) and no dropout: a 2-process run then sees the same batches as a 1-process run (each
@@ -43,7 +44,8 @@ def test_two_process_cpu_run_through_the_cli_matches_one_process(tiny_data_path,
         # the metrics are all-gathered over processes after RecBole rounds them to 4 decimals
         assert two[key] == pytest.approx(one[key], abs=5e-4), (one, two)
     # the one checkpoint is rank 0's: no second file with another name
-    assert len(list(tmp_path.glob("SASRec-*.pth"))) == 2  # one per run
+    best = [p for p in tmp_path.glob("SASRec-*.pth") if not p.name.endswith("-last.pth")]
+    assert len(best) == 2  # one per run (each also keeps its -last.pth, where it would continue)
 
 
 def test_ddp_flags_are_checked(tiny_data_path, capsys):
@@ -58,7 +60,7 @@ def test_ddp_flags_are_checked(tiny_data_path, capsys):
 class TrainableTeacherStudent(SASRec):
     """A SASRec student whose teacher (held outside it, as in EODRec) keeps training on its own loss."""
 
-    default_teacher_model = "SASRec"
+    phases = (Phase("teacher_", "SASRec"),)
 
     def set_teacher(self, teacher):
         object.__setattr__(self, "teacher", teacher)
@@ -92,6 +94,7 @@ def _distillation_worker(rank, config_dict, queue):
     from recbole.utils import init_seed
 
     from recbole_compress.config import Config
+    from recbole_compress.run import Data, PhaseRunner
     from recbole_compress.trainer import load_checkpoint
 
     torch.set_num_threads(1)
@@ -105,6 +108,7 @@ def _distillation_worker(rank, config_dict, queue):
     init_seed(config["seed"] + rank, config["reproducibility"])
     student = TrainableTeacherStudent(config, train._dataset)
     trainer = TrainableTeacherTrainer(config, student)
+    trainer.phases = PhaseRunner(config, Data(dataset, train, valid, test))
     trainer.fit(train, valid, saved=True)
     teacher_after_phase_one = load_checkpoint(trainer.phase_checkpoints["teacher"])["state_dict"]
     result = trainer.evaluate(test, load_best_model=True)
@@ -145,7 +149,8 @@ def test_distillation_trainer_runs_in_two_cpu_processes(tiny_config, tmp_path):
     assert report["teacher_same"], "the trainable teacher (outside DDP) drifted apart between processes"
     assert report["teacher_trained_in_phase_two"]
     assert os.path.isfile(report["checkpoint"]) and os.path.isfile(report["teacher_checkpoint"])
-    assert sorted(os.listdir(tmp_path / "saved")) == sorted(
+    best = sorted(p for p in os.listdir(tmp_path / "saved") if not p.endswith("-last.pth"))
+    assert best == sorted(
         os.path.basename(p) for p in (report["checkpoint"], report["teacher_checkpoint"])
     )  # rank 0 alone writes, under one name shared by all ranks
     assert 0 <= report["test"]["ndcg@10"] <= 1
@@ -157,11 +162,11 @@ def test_checkpoint_dir_exists_before_recbole_checks_it(tiny_config, tmp_path, m
     import recbole.trainer.trainer as recbole_trainer
     from recbole.data import create_dataset, data_preparation
 
-    from recbole_compress.quick_start import build_config
+    from recbole_compress.run import make_config
     from recbole_compress.utils import get_trainer
 
     checkpoint_dir = str(tmp_path / "fresh" / "saved")
-    config = build_config("SASRec", "tiny", None, dict(tiny_config, checkpoint_dir=checkpoint_dir),
+    config = make_config("SASRec", "tiny", None, dict(tiny_config, checkpoint_dir=checkpoint_dir),
                           read_cmd_line=False)
     train_data = data_preparation(config, create_dataset(config))[0]
     model = SASRec(config, train_data._dataset)

@@ -13,6 +13,7 @@ from recbole_compress.model.layers.distillation_losses import soft_label_kl
 from recbole_compress.model.sequential_recommender.eodrec import EODRec, hot_items
 from recbole_compress.model.sequential_recommender.eodrecteacher import EODRecTeacher
 from recbole_compress.quick_start import run_recbole_compress
+from recbole_compress.run import Data, PhaseRunner
 from recbole_compress.trainer import CheckpointError, load_checkpoint
 from recbole_compress.trainer.eodrec import EODRecTrainer
 from recbole_compress.utils import ConfigError, get_trainer
@@ -58,6 +59,7 @@ def _student(tiny_config, teacher_file, **extra):
     config, train, valid, test = _setup(cfg)
     model = EODRec(config, train._dataset)
     trainer = EODRecTrainer(config, model)
+    trainer.phases = PhaseRunner(config, Data(train._dataset, train, valid, test))  # what run.build gives it
     return config, model, trainer, train, valid, test
 
 
@@ -82,7 +84,7 @@ def test_end_to_end_trains_teacher_then_student_with_saved_true(tiny_config):
 
 def test_trainer_is_registered_and_model_declares_its_counterpart():
     assert get_trainer(None, "EODRec") is EODRecTrainer
-    assert EODRec.counterpart == "teacher" and EODRec.default_teacher_model == "EODRecTeacher"
+    assert EODRec.counterpart == "teacher" and EODRec.phases[0].default_model == "EODRecTeacher"
 
 
 def test_stage_two_freezes_codes_and_drops_the_encoder(tiny_config, teacher_file):
@@ -335,7 +337,9 @@ def test_export_reproduces_top10_and_reports_sizes(tiny_config, teacher_file, tm
     assert report["bytes_item_table_dense"] == model.n_items * 8 * 4
     assert report["bytes_teacher"] == sum(v.numel() * v.element_size() for v in model.teacher.state_dict().values())
     assert report["whole_model_ratio_vs_teacher"] == pytest.approx(report["bytes_teacher"] / report["bytes_export"])
-    assert model.benchmark_report()["bytes_export"] == report["bytes_export"]
+    from recbole_compress.benchmark import _model_extras
+
+    assert _model_extras(model)["benchmark_report"]["bytes_export"] == report["bytes_export"]
     assert size_report(model) == {k: v for k, v in report.items() if not k.startswith("file_bytes")}
     # the checkpoint route gives the same artifact
     checkpoint_dir = tmp_path / "ck"
@@ -412,12 +416,17 @@ def test_teacher_model_matches_its_formula(tiny_config):
 
 
 def test_command_line_accepts_teacher_phase_keys_and_runs(tiny_config, capsys):
-    from recbole_compress.cli import check_override_keys, main
+    from recbole_compress.cli import main
+    from recbole_compress.commandline import check_override_keys
 
     check_override_keys(["EODRec"], {"teacher_epochs": "1", "teacher_n_layers": "1", "teacher_learning_rate": "0.01",
-                                     "teacher_initializer_range": "0.02", "mixup_eta": "0.5"})
+                                     "teacher_init_range": "0.02", "mixup_eta": "0.5"})
     with pytest.raises(ConfigError, match="teacher_nonsense"):
         check_override_keys(["EODRec"], {"teacher_nonsense": "1"})
+    # a teacher key is one the chosen teacher reads: SASRec's initializer_range, not EODRecTeacher's
+    with pytest.raises(ConfigError, match="teacher_initializer_range"):
+        check_override_keys(["EODRec"], {"teacher_initializer_range": "0.02"})
+    check_override_keys(["EODRec"], {"teacher_model": "SASRec", "teacher_initializer_range": "0.02"})
     args = ["--model=EODRec", "--dataset=tiny", f"--data_path={tiny_config['data_path']}",
             "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
             "--train_batch_size=64", "--epochs=2", "--teacher_epochs=1", "--hidden_size=8", "--inner_size=8",

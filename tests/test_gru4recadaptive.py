@@ -70,10 +70,14 @@ def test_adaptive_layers_replace_the_item_matrices(tiny_split, adaptive):
 
 
 def test_bad_configuration_is_refused(tiny_split):
+    from recbole_compress.run import load_data, make_config
+
+    cfg, _ = tiny_split
     with pytest.raises(ConfigError, match="cluster_cutoffs"):
-        _model(tiny_split, cluster_cutoffs=[10, 5])
+        load_data(make_config("GRU4RecAdaptive", "tiny", config_dict=dict(cfg, cluster_cutoffs=[10, 5]),
+                              read_cmd_line=False))
     with pytest.raises(ConfigError, match="loss_type"):
-        _model(tiny_split, loss_type="BPR")
+        make_config("GRU4RecAdaptive", "tiny", config_dict=dict(cfg, loss_type="BPR"), read_cmd_line=False)
 
 
 def test_one_epoch_tiny_run(tiny_config):

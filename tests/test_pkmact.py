@@ -10,7 +10,8 @@ from recbole_compress.model.sequential_recommender.pkmact import PKMACT
 from recbole_compress.profiling import count_parameters
 from recbole_compress.quick_start import load_data_and_model, objective_function
 from recbole_compress.scaling import build_model
-from recbole_compress.utils import ConfigError, get_model, known_config_keys
+from recbole_compress.preflight import run_keys
+from recbole_compress.utils import ConfigError, get_model
 from test_layers_dispatcher import ShapeRecorder
 
 N_ITEMS = 50
@@ -295,7 +296,7 @@ def test_expert_statistics_count_every_selection_of_an_evaluation_pass():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# configuration errors (raised in __init__, before any training)
+# configuration errors (refused by the run layer's checks, before any data loads)
 # ----------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides,key", [
@@ -312,8 +313,10 @@ def test_expert_statistics_count_every_selection_of_an_evaluation_pass():
     ({"pkm_value_dropout": 1.5}, "pkm_value_dropout"),
 ])
 def test_bad_settings_are_config_errors_naming_the_key(overrides, key):
+    from recbole_compress.run import make_config
+
     with pytest.raises(ConfigError, match=key):
-        tiny_model(**overrides)
+        make_config("PKMACT", "ml-100k", config_dict=dict(TINY, **overrides), read_cmd_line=False)
 
 
 def test_config_error_stops_a_run_before_training(tiny_config):
@@ -331,7 +334,7 @@ def test_every_yaml_key_is_a_known_command_line_key():
     with open(properties_path("model", "PKMACT.yaml")) as f:
         keys = set(yaml.safe_load(f))
     assert {"pkm_topk", "pkm_n_keys", "act_mode", "dispatcher_carry", "query_stride"} <= keys
-    assert keys <= known_config_keys("PKM-ACT")
+    assert keys <= run_keys("PKM-ACT")
     assert get_model("pkm-act") is PKMACT and PKMACT.counterpart == "SASRec"
 
 

@@ -7,8 +7,11 @@ from recbole.data import create_dataset, data_preparation
 from recbole.model.sequential_recommender import SASRec
 
 from recbole_compress.config import Config
+from recbole_compress.config_keys import Phase
+from recbole_compress.phases import phase_config
+from recbole_compress.run import Data, PhaseRunner
 from recbole_compress.trainer import CheckpointError, load_checkpoint
-from recbole_compress.trainer.teacher import DistillationTrainer, phase_config, train_or_load_teacher
+from recbole_compress.trainer.teacher import DistillationTrainer
 
 from conftest import write_tiny_dataset
 
@@ -16,7 +19,7 @@ from conftest import write_tiny_dataset
 class ToyStudent(SASRec):
     """A SASRec that records the teacher it is given (stands in for EODRec / AdaRec here)."""
 
-    default_teacher_model = "SASRec"
+    phases = (Phase("teacher_", "SASRec"),)
 
     def set_teacher(self, teacher):
         object.__setattr__(self, "teacher", teacher)
@@ -29,6 +32,12 @@ def _setup(tiny_config, **extra):
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
     return config, train, valid, test
+
+
+def _trainer(config, train, valid, test):
+    trainer = DistillationTrainer(config, ToyStudent(config, train._dataset))
+    trainer.phases = PhaseRunner(config, Data(train._dataset, train, valid, test))
+    return trainer
 
 
 def test_phase_config_takes_prefixed_keys_and_not_student_hyperparameters(tiny_config):
@@ -46,8 +55,8 @@ def test_phase_config_takes_prefixed_keys_and_not_student_hyperparameters(tiny_c
 
 def test_distillation_trainer_trains_teacher_then_student(tiny_config):
     config, train, valid, test = _setup(tiny_config, teacher_epochs=1, teacher_hidden_size=16)
-    student = ToyStudent(config, train._dataset)
-    trainer = DistillationTrainer(config, student)
+    trainer = _trainer(config, train, valid, test)
+    student = trainer.model
     trainer.fit(train, valid, saved=True)
     teacher_file = trainer.phase_checkpoints["teacher"]
     assert os.path.isfile(teacher_file) and teacher_file != trainer.saved_model_file
@@ -58,17 +67,17 @@ def test_distillation_trainer_trains_teacher_then_student(tiny_config):
     assert trainer.evaluate(test, load_best_model=True)["ndcg@10"] >= 0
 
     # a given teacher checkpoint is reused, not retrained
-    config2, train2, valid2, _ = _setup(tiny_config, teacher_checkpoint=teacher_file)
-    teacher, info = train_or_load_teacher(config2, train2, valid2, "SASRec")
+    config2, train2, valid2, test2 = _setup(tiny_config, teacher_checkpoint=teacher_file)
+    teacher, info = PhaseRunner(config2, Data(train2._dataset, train2, valid2, test2)).teacher("teacher_")
     assert info["trained"] is False
     torch.testing.assert_close(teacher.item_embedding.weight, student.teacher.item_embedding.weight)
 
 
 def test_teacher_from_another_dataset_is_refused(tiny_config, tmp_path):
-    config, train, valid, _ = _setup(tiny_config, teacher_epochs=1)
-    _, info = train_or_load_teacher(config, train, valid, "SASRec")
+    config, train, valid, test = _setup(tiny_config, teacher_epochs=1)
+    _, info = PhaseRunner(config, Data(train._dataset, train, valid, test)).teacher("teacher_")
     other_root = write_tiny_dataset(str(tmp_path / "other"), name="other", n_items=30, seed=3)
     other = dict(tiny_config, dataset="other", data_path=other_root)
-    config_o, train_o, valid_o, _ = _setup(other, teacher_checkpoint=info["checkpoint"])
+    config_o, train_o, valid_o, test_o = _setup(other, teacher_checkpoint=info["checkpoint"])
     with pytest.raises(CheckpointError, match="another item-id mapping"):
-        DistillationTrainer(config_o, ToyStudent(config_o, train_o._dataset)).fit(train_o, valid_o)
+        _trainer(config_o, train_o, valid_o, test_o).fit(train_o, valid_o)

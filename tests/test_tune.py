@@ -137,35 +137,6 @@ def test_parser_refuses_an_empty_or_missing_file_and_unknown_keys(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _model_keys(model_class, seen=()):
-    """Configuration keys of one model: its YAML files (RecBole's and the plugin's), the keys its class hierarchy and
-    its trainer read, RecBole's training arguments (learning rate, batch size, ...), and the prefixed keys of the
-    other phases of its run (a class declaring ``phase_models = {"search_": ("AdaRecSearch",)}`` reads
-    ``search_<key>`` for the keys of an AdaRecSearch run)."""
-    import inspect
-
-    import recbole
-    from recbole.utils.argument_list import training_arguments
-
-    from recbole_compress.utils import _class_source_keys, _keys_in_yaml, get_model, get_trainer
-
-    keys = set(training_arguments)
-    name = model_class.__name__
-    keys |= _keys_in_yaml(os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{name}.yaml"))
-    keys |= _keys_in_yaml(properties_path("model", f"{name}.yaml"))
-    classes = list(inspect.getmro(model_class)) + list(inspect.getmro(get_trainer(model_class.type, model_class)))
-    for klass in classes:
-        if klass.__module__.startswith(("recbole_compress", "recbole.model")):
-            keys |= _class_source_keys(klass)
-    keys |= set(getattr(model_class, "extra_config_keys", ()))
-    for prefix, phase_models in (getattr(model_class, "phase_models", None) or {}).items():
-        for phase_model in phase_models:
-            phase_class = get_model(phase_model)
-            if phase_class not in seen and phase_class is not model_class:
-                keys |= {prefix + k for k in _model_keys(phase_class, tuple(seen) + (model_class,))}
-    return keys
-
-
 @pytest.mark.parametrize("model", PLUGIN_MODELS + BASELINES)
 def test_shipped_space_keys_are_configuration_keys_of_its_model(model):
     from recbole.trainer import HyperTuning
@@ -185,7 +156,9 @@ def test_shipped_space_keys_are_configuration_keys_of_its_model(model):
         model_class = get_model(model)
     except UnknownModelError:
         pytest.skip(f"{model} is not on this branch yet")
-    keys = _model_keys(model_class)
+    from recbole_compress.preflight import run_keys
+
+    keys = run_keys(model_class)
     unknown = sorted(p.name for p in params if p.name not in keys)
     assert not unknown, f"{path}: {unknown} are not configuration keys of {model}"
 
@@ -276,7 +249,7 @@ def test_failing_trials_are_reported_failed_and_the_search_goes_on(search):
     nan_loss = [t for t in failures if t["params"]["n_heads"] != 3]
     assert len(bad_heads) == 2 and len(nan_loss) == 2
     for trial in bad_heads:
-        assert "not a multiple of the number of attention heads" in trial["status"], trial["status"]
+        assert "hidden_size must be a multiple of n_heads" in trial["status"], trial["status"]
         assert trial["epochs"] == 0
     for trial in nan_loss:
         assert trial["params"]["layer_norm_eps"] == -1.0
@@ -350,13 +323,13 @@ def test_search_refuses_bad_input_before_starting_ray(tiny_data_path, tmp_path, 
 @pytest.fixture
 def test_plugin_model(monkeypatch):
     """Register tests/tune_plugin_models as a plugin model package (a model RecBole itself cannot find)."""
-    from recbole_compress import utils
+    from recbole_compress import registry
 
-    monkeypatch.setattr(utils, "PLUGIN_MODEL_PACKAGES", utils.PLUGIN_MODEL_PACKAGES + ("tune_plugin_models",))
-    for cached in (utils.plugin_models, utils._plugin_lookup):
+    monkeypatch.setattr(registry, "PLUGIN_MODEL_PACKAGES", registry.PLUGIN_MODEL_PACKAGES + ("tune_plugin_models",))
+    for cached in (registry.plugin_models, registry._plugin_lookup):
         cached.cache_clear()
     yield "MeanPoolRec"
-    for cached in (utils.plugin_models, utils._plugin_lookup):
+    for cached in (registry.plugin_models, registry._plugin_lookup):
         cached.cache_clear()
 
 

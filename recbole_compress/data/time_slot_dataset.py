@@ -17,13 +17,27 @@ RecBole's ``create_dataset`` uses the class ``recbole.data.dataset.<Model>Datase
 :func:`register_dataset` puts a class there for a plugin model.
 """
 import numpy as np
+import torch
 from recbole.data.dataset import SequentialDataset
 from recbole.utils import FeatureSource, FeatureType
 
-from recbole_compress.model.layers.temporal_context import time_slots
 
 DEFAULT_SLOT_SECONDS = 3600
 DEFAULT_NUM_SLOTS = 24
+
+
+def time_slots(timestamps, slot_seconds=3600, num_slots=24):
+    """``floor(ts / slot_seconds) mod num_slots`` (the UTC hour of day for the defaults), as int64.
+
+    Accepts a tensor, a numpy array or a pandas Series; the arithmetic is done in float64 so that Unix times keep
+    their seconds (float32 only resolves 64 s around 2^30).
+    """
+    if slot_seconds <= 0 or num_slots < 1:
+        raise ValueError(f"time_slot_seconds must be > 0 and num_time_slots >= 1, got {slot_seconds}, {num_slots}")
+    if isinstance(timestamps, torch.Tensor):
+        return torch.remainder(torch.floor(timestamps.double() / slot_seconds), num_slots).long()
+    values = np.asarray(timestamps, dtype=np.float64)
+    return np.remainder(np.floor(values / slot_seconds), num_slots).astype(np.int64)
 
 
 def slot_field_name(config):

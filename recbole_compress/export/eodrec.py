@@ -306,7 +306,7 @@ def export_eodrec(model_or_checkpoint, output_dir, script=True):
         dict: ``artifact`` and ``scripted`` paths, ``size_report`` (with the files' bytes on disk).
     """
     if isinstance(model_or_checkpoint, (str, os.PathLike)):
-        from recbole_compress.trainer.checkpoint import load_checkpoint
+        from recbole_compress.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(model_or_checkpoint)
         meta, codes, codebooks, backbone = _state_from_checkpoint(checkpoint)

@@ -2,8 +2,8 @@
 
 :class:`AdaRecTrainer` runs AdaRec's phases in one run, on the run's split, each logged and each saving its artefact:
 
-1. **teacher** (``teacher_*`` keys; :func:`recbole_compress.trainer.teacher.train_or_load_teacher`): trained, or
-   loaded from ``teacher_checkpoint`` (refused if made on another dataset) -> the teacher checkpoint;
+1. **teacher** (``teacher_*`` keys; the run layer's phases, :class:`recbole_compress.run.PhaseRunner`): trained,
+   or loaded from ``teacher_checkpoint`` (refused if made on another dataset) -> the teacher checkpoint;
 2. **search** (``search_*`` keys, :class:`AdaRecSearchTrainer` on the :class:`AdaRecSearch` supernet with the
    student's structure) -> the search checkpoint (best validation epoch: network weights, ``alpha``, EMD layer
    weights);
@@ -19,12 +19,13 @@ phase 1. ``phase_checkpoints`` lists the artefacts (``teacher``, ``search``, ``g
 import os
 import time
 
-import torch
-from recbole.utils import init_seed, set_color
+from recbole.utils import set_color
 
+from recbole_compress.checkpoint import load_checkpoint
+from recbole_compress.model.layers.gumbel_mixed_op import TemperatureSchedule
+from recbole_compress.model.sequential_recommender.adarec import genotype_to_json
 from recbole_compress.trainer.base import Trainer
-from recbole_compress.trainer.checkpoint import load_checkpoint
-from recbole_compress.trainer.teacher import DistillationTrainer, phase_config, phase_train_data
+from recbole_compress.trainer.teacher import DistillationTrainer
 
 
 class StepLRMixin:
@@ -110,8 +111,6 @@ class AdaRecSearchTrainer(StepLRMixin, DistillationTrainer):
         ]
 
     def temperature(self, epoch_idx):
-        from recbole_compress.model.layers.gumbel_mixed_op import TemperatureSchedule
-
         schedule = TemperatureSchedule(
             self.config["gumbel_tau_init"], self.config["gumbel_tau_decay_rate"], self.config["gumbel_tau_decay_epochs"]
         )
@@ -128,8 +127,6 @@ class AdaRecSearchTrainer(StepLRMixin, DistillationTrainer):
             self._load_model_state(load_checkpoint(self.saved_model_file, map_location=self.device))
         self.genotype = self.model.derive_genotype()
         if saved:
-            from recbole_compress.model.sequential_recommender.adarec import genotype_to_json
-
             self.genotype_file = os.path.splitext(self.saved_model_file)[0] + ".genotype.json"
             alphas = [alpha.detach().cpu().tolist() for alpha in self.model.alphas]
             text = genotype_to_json(
@@ -155,16 +152,22 @@ class AdaRecSearchTrainer(StepLRMixin, DistillationTrainer):
 class AdaRecTrainer(StepLRMixin, DistillationTrainer):
     """All of AdaRec in one ``fit``: teacher -> search -> derive -> retrain (see the module docstring)."""
 
+    config_written = ("teacher_checkpoint", "search_checkpoint", "adarec_arch", "adarec_arch_file")
+
     def _phase(self, name, message):
         self.logger.info(set_color(f"AdaRec phase {name}", "green") + f": {message}")
+
+    def needs_teacher(self):
+        """The teacher is needed to search; with a given genotype, only when ``teacher_checkpoint`` asks for it."""
+        return self.model.genotype is None or bool(self.config["teacher_checkpoint"])
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         model = self.model
         if model.genotype is None:
             self.prepare_teacher(train_data, valid_data, verbose=verbose)
-            self.run_search(train_data, valid_data, verbose=verbose, show_progress=show_progress)
+            self.run_search(verbose=verbose, show_progress=show_progress)
         else:
-            if self.config["teacher_checkpoint"] and self.teacher is None:
+            if self.needs_teacher() and self.teacher is None:
                 self.prepare_teacher(train_data, valid_data, verbose=verbose)
             self._phase("search", f"skipped, architecture from {model.genotype_source}: {model.genotype}")
 
@@ -178,33 +181,25 @@ class AdaRecTrainer(StepLRMixin, DistillationTrainer):
         if self.start_epoch == 0:
             self.optimizer = self._build_optimizer()
         self._phase("retrain", f"training the derived student ({init} init) for up to {self.epochs} epochs")
-        result = super(DistillationTrainer, self).fit(
+        result = super().fit(
             train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress, callback_fn=callback_fn
         )
         if saved:
             self._phase("retrain done", f"best valid {result[0]} saved in {self.saved_model_file}")
         return result
 
-    def run_search(self, train_data, valid_data, verbose=True, show_progress=False):
+    def run_search(self, verbose=True, show_progress=False):
         """Phases search and derive: train the supernet with the teacher, set the student's genotype."""
-        from recbole_compress.model.sequential_recommender.adarec import ARCH_KEYS
-        from recbole_compress.model.sequential_recommender.adarecsearch import AdaRecSearch
-
-        config = phase_config(self.config, "search_", "AdaRecSearch")
-        for key in ARCH_KEYS:
-            config[key] = self.config[key]
-        config["teacher_checkpoint"] = self.config["teacher_checkpoint"]
-        config["teacher_model"] = self.teacher_info["model"] if self.teacher_info else self.config["teacher_model"]
+        teacher_model = self.teacher_info["model"] if self.teacher_info else self.config["teacher_model"]
+        search = self.phases.build("search_", extra={"teacher_checkpoint": self.config["teacher_checkpoint"],
+                                                     "teacher_model": teacher_model})
+        config, supernet, trainer = search.config, search.model, search.trainer
         self._phase("search", f"supernet of {config['num_cells']} cells x {config['num_nodes']} nodes, width "
                               f"{config['embedding_size']}, for up to {config['epochs']} epochs")
-        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-        supernet = AdaRecSearch(config, train_data._dataset).to(config["device"])
         supernet.set_teacher(self.teacher)
-        trainer = AdaRecSearchTrainer(config, supernet)
         trainer.teacher, trainer.teacher_info = self.teacher, self.teacher_info
         start = time.time()
-        trainer.fit(phase_train_data(config, train_data), valid_data, verbose=verbose, saved=True,
-                    show_progress=show_progress)
+        trainer.fit(search.data.train, search.data.valid, verbose=verbose, saved=True, show_progress=show_progress)
         self.search_trainer = trainer
         self._phase("search done", f"{time.time() - start:.0f}s, best valid {trainer.best_valid_score}, saved in "
                                    f"{trainer.saved_model_file}")

@@ -8,6 +8,7 @@ full-ranking evaluation, logging, the ``callback_fn`` of ``fit``) is RecBole's o
 :class:`Trainer` (the distillation and search trainers) inherits both.
 """
 import os
+import time
 from functools import lru_cache
 
 import torch
@@ -16,15 +17,20 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
 from recbole_compress import __version__
-from recbole_compress.trainer.checkpoint import (
-    CheckpointError,
+from recbole_compress.checkpoint import (
+    capture_rng,
     check_item_mapping,
+    check_state_dict,
     config_to_plain,
     item_fingerprint,
+    last_checkpoint_name,
     load_checkpoint,
+    restore_rng,
     save_checkpoint,
+    to_plain,
     unique_checkpoint_name,
 )
+from recbole_compress.errors import CheckpointError
 
 
 def is_distributed(config):
@@ -129,10 +135,18 @@ class DistributedMixin:
 
 
 class CheckpointMixin:
-    """Weights-only checkpoints with the item-mapping fingerprint and a unique file per run.
+    """Weights-only checkpoints with the item-mapping fingerprint, a unique file per run, and exact resume.
 
-    In a distributed run every process uses rank 0's file name (rank 0 alone writes it).
+    Two files per run: the best validation epoch (``saved_model_file``, RecBole's) and the last complete epoch
+    (``last_model_file``, ``<best file>-last.pth``), written at the start of every epoch and at the end of ``fit``.
+    Both hold what continuing needs: model, optimizer, early-stopping state, losses, and every random state
+    (python, numpy, torch, the training loader's shuffling), so that :meth:`resume_checkpoint` continues exactly as
+    the uninterrupted run would have. Files are written atomically: an interruption never damages the previous one.
+    In a distributed run every process uses rank 0's file names (rank 0 alone writes).
     """
+
+    #: keys a trainer writes into the run's config while it trains (a resumed run takes them from its checkpoint)
+    config_written = ()
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -144,11 +158,24 @@ class CheckpointMixin:
         self.saved_model_file = os.path.join(self.checkpoint_dir, name)
         self.item_fingerprint = None
         self._resumed_fingerprint = None
+        self._pending_rng = None
+        self._fit_start_epoch = 0
+        self._train_data = None
+        self._saved = False
         self.last_valid_result = None
         self.last_train_loss = None
+        self.epoch_seconds = []  # training seconds of every epoch this trainer ran (validation excluded)
 
-    def _train_epoch(self, *args, **kwargs):
-        loss = super()._train_epoch(*args, **kwargs)
+    @property
+    def last_model_file(self):
+        return last_checkpoint_name(self.saved_model_file)
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if self._saved and epoch_idx > self._fit_start_epoch:
+            self._save_last(epoch_idx - 1)  # the previous epoch is complete (validation and early stopping included)
+        start = time.perf_counter()
+        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        self.epoch_seconds.append(time.perf_counter() - start)
         self.last_train_loss = loss
         return loss
 
@@ -182,59 +209,110 @@ class CheckpointMixin:
         return report
 
     # -- state -----------------------------------------------------------------------------------------------
-    def checkpoint_state(self, epoch):
-        """The dict written to the checkpoint file (plain data and tensors only)."""
-        state = {
+    def checkpoint_state(self, epoch, best=False):
+        """The dict written to a checkpoint file (plain data and tensors only). ``best``: written by RecBole right
+        after a new best validation, before it records that validation's result."""
+        generator = getattr(self._train_data, "generator", None)
+        best_result = self.last_valid_result if best else self.best_valid_result
+        return {
             "recbole_compress_version": __version__,
             "config": config_to_plain(self.config),
             "epoch": int(epoch),
             "cur_step": int(self.cur_step),
             "best_valid_score": float(self.best_valid_score),
+            "best_valid_result": to_plain(dict(best_result)) if best_result is not None else None,
+            "train_loss_dict": {int(k): to_plain(v) for k, v in self.train_loss_dict.items()},
             "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
+            "rng": capture_rng(generator),
+            "best_model_file": self.saved_model_file,
             "item_fingerprint": self.item_fingerprint,
             "n_items": int(getattr(self.model, "n_items", 0) or 0),
         }
-        return state
 
-    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+    def _write(self, state, path, verbose, what):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
-        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        save_checkpoint(self.checkpoint_state(epoch), saved_model_file)
+        save_checkpoint(state, path)
         if verbose:
-            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+            self.logger.info(set_color(what, "blue") + f": {path}")
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        self._write(self.checkpoint_state(epoch, best=True), path, verbose, "Saving current")
+
+    def _save_last(self, epoch, finished=False):
+        state = self.checkpoint_state(epoch)
+        state["finished"] = bool(finished)
+        self._write(state, self.last_model_file, False, "Saving last epoch")
 
     def _load_model_state(self, checkpoint):
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
 
     # -- RecBole entry points ------------------------------------------------------------------------------------
-    def fit(self, train_data, *args, **kwargs):
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self.item_fingerprint = item_fingerprint(train_data._dataset)
         if self._resumed_fingerprint is not None and self._resumed_fingerprint != self.item_fingerprint:
             raise CheckpointError(
                 f"the resumed checkpoint {self.saved_model_file!r} was trained on another item-id mapping than "
                 f"this run's dataset {self.config['dataset']!r}"
             )
-        return super().fit(train_data, *args, **kwargs)
+        self._train_data, self._saved, self._fit_start_epoch = train_data, saved, self.start_epoch
+        if self._pending_rng is not None:
+            restore_rng(self._pending_rng, getattr(train_data, "generator", None))
+            self._pending_rng = None
+        if self.start_epoch >= self.epochs:  # a resumed run that had finished: nothing to train, keep its best file
+            return self.best_valid_score, self.best_valid_result
+        result = super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
+                             callback_fn=callback_fn)
+        if saved:
+            self._save_last(self._last_epoch(), finished=True)
+        return result
 
-    def resume_checkpoint(self, resume_file):
-        resume_file = str(resume_file)
-        checkpoint = load_checkpoint(resume_file, map_location=self.device)
-        self.saved_model_file = resume_file
-        self.start_epoch = checkpoint["epoch"] + 1
-        self.cur_step = checkpoint["cur_step"]
-        self.best_valid_score = checkpoint["best_valid_score"]
-        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
-            raise CheckpointError(
-                f"{resume_file!r} holds a {checkpoint['config']['model']} model, not {self.config['model']}"
-            )
-        self._resumed_fingerprint = checkpoint.get("item_fingerprint")
+    def _last_epoch(self):
+        return max(self.train_loss_dict) if self.train_loss_dict else self.start_epoch - 1
+
+    def _check_resumable(self, checkpoint, path, dataset):
+        """Every check of a checkpoint to resume from, before anything changes."""
+        held = str(checkpoint["config"].get("model"))
+        if held.lower() != self.config["model"].lower():
+            raise CheckpointError(f"{path!r} holds a {held} model, not {self.config['model']}")
+        allow = bool(self.config["accept_unverified_checkpoints"])
+        if dataset is not None:
+            check_item_mapping(checkpoint, dataset, repr(path), allow_unverified=allow)
+        elif checkpoint.get("item_fingerprint") is None and not allow:
+            check_item_mapping(checkpoint, None, repr(path))
+        check_state_dict(checkpoint["state_dict"], self.model, repr(path))
+        for key in ("epoch", "cur_step", "best_valid_score", "optimizer"):
+            if key not in checkpoint:
+                raise CheckpointError(f"{path!r} cannot be resumed: it records no {key}")
+        groups = getattr(self.optimizer, "param_groups", None)
+        saved_groups = checkpoint["optimizer"].get("param_groups") if isinstance(checkpoint["optimizer"], dict) else None
+        if isinstance(self.optimizer, torch.optim.Optimizer) and (
+            saved_groups is None or [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in groups]
+        ):
+            raise CheckpointError(f"{path!r}: its optimizer state does not fit this run's parameters")
+
+    def resume_checkpoint(self, resume_file, dataset=None):
+        """Continue from a checkpoint of this run (its ``-last.pth`` file, or its best file): everything is checked
+        first (model, dataset when given, tensor shapes, optimizer), and nothing changes if anything is refused."""
+        path = str(resume_file)
+        checkpoint = load_checkpoint(path, map_location=self.device)
+        self._check_resumable(checkpoint, path, dataset)
         self._load_model_state(checkpoint)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+        self.saved_model_file = checkpoint.get("best_model_file") or path
+        finished = checkpoint.get("finished", False)
+        self.start_epoch = self.epochs if finished else checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint.get("best_valid_result")
+        self.train_loss_dict = {int(k): v for k, v in (checkpoint.get("train_loss_dict") or {}).items()}
+        self._resumed_fingerprint = checkpoint.get("item_fingerprint")
+        self._pending_rng = checkpoint.get("rng")
+        self.logger.info(f"Checkpoint {path} loaded. Resume training from epoch {self.start_epoch}")
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False, **kwargs):
@@ -243,7 +321,8 @@ class CheckpointMixin:
         if load_best_model:
             checkpoint_file = model_file or self.saved_model_file
             checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
-            check_item_mapping(checkpoint, eval_data._dataset, checkpoint_file)
+            check_item_mapping(checkpoint, eval_data._dataset, checkpoint_file,
+                               allow_unverified=bool(self.config["accept_unverified_checkpoints"]))
             self._load_model_state(checkpoint)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return super().evaluate(

@@ -20,7 +20,7 @@ for resuming, the bidirectionally updated teacher under ``teacher_state_dict``.
 import numpy as np
 from recbole.utils import set_color
 
-from recbole_compress.trainer.checkpoint import load_checkpoint
+from recbole_compress.checkpoint import load_checkpoint
 from recbole_compress.trainer.teacher import DistillationTrainer
 
 
@@ -67,9 +67,6 @@ class EODRecTrainer(DistillationTrainer):
 
     # -- teacher ---------------------------------------------------------------------------------------------------
     def prepare_teacher(self, train_data, valid_data, verbose=True):
-        # the teacher's item table must have the student's width: unless told otherwise, train it at hidden_size
-        if self.config["teacher_hidden_size"] is None:
-            self.config["teacher_hidden_size"] = self.config["hidden_size"]
         teacher = super().prepare_teacher(train_data, valid_data, verbose=verbose)
         if self.model.stage == "distill":
             self._enter_distillation_teacher_mode()
@@ -135,19 +132,19 @@ class EODRecTrainer(DistillationTrainer):
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
-    def checkpoint_state(self, epoch):
-        state = super().checkpoint_state(epoch)
+    def checkpoint_state(self, epoch, best=False):
+        state = super().checkpoint_state(epoch, best=best)
         teacher = self.model.teacher
         if teacher is not None and self.model.stage == "distill" and self.model.teacher_trainable:
             state["teacher_state_dict"] = teacher.state_dict()
         return state
 
-    def resume_checkpoint(self, resume_file):
+    def resume_checkpoint(self, resume_file, dataset=None):
         # the optimiser's groups depend on the stage and on the teacher, which only exists once fit() starts
         optimizer, deferred = self.optimizer, _DeferredOptimizerState()
         self.optimizer = deferred
         try:
-            super().resume_checkpoint(resume_file)
+            super().resume_checkpoint(resume_file, dataset=dataset)
         finally:
             self.optimizer = optimizer
         self._resume_optimizer_state = deferred.state

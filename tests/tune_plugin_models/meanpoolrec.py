@@ -4,9 +4,18 @@ import torch
 from torch import nn
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_compress.config_keys import Key
+
 
 class MeanPoolRec(SequentialRecommender):
     """Mean-pooled item embeddings with dropout; CE over all items."""
+
+    # the keys it reads, so that the plugin's checks know them (a typo in a params file or YAML is refused)
+    config_keys = (
+        Key("embedding_size", int, low=1),
+        Key("pool_dropout", float, low=0, high=1, high_open=True, none_ok=True),
+        Key("loss_type", str, choices=("CE",)),
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

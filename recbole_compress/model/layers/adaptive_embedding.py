@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recbole_compress.utils import ConfigError
+from recbole_compress.errors import ConfigError
 
 
 def adaptive_embedding_parameters(sizes, embedding_dim, cluster_dims):

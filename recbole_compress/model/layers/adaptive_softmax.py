@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recbole_compress.utils import ConfigError
+from recbole_compress.errors import ConfigError
 
 
 def adaptive_softmax_parameters(sizes, in_features, cluster_dims):

@@ -27,7 +27,8 @@ import numbers
 import torch
 from torch import nn
 
-from recbole_compress.utils import ConfigError
+from recbole_compress.config_keys import DataRule, Key
+from recbole_compress.errors import ConfigError
 
 
 def item_frequencies(dataset, n_items=None):
@@ -256,3 +257,28 @@ def blocks_from_config(config, dataset, embedding_dim):
         dims_key="cluster_dims", factor_key="cluster_dim_factor",
     )
     return blocks, dims
+
+
+#: The keys :func:`blocks_from_config` reads, for the ``config_keys`` of a model that uses it.
+BLOCK_KEYS = (
+    Key("n_clusters", int, low=1),
+    Key("cluster_split_ratio", float, low=0, high=1, low_open=True, high_open=True),
+    Key("cluster_cutoffs", list, items=float, low=0, low_open=True, none_ok=True, nonempty=True),
+    Key("cluster_dim_factor", int, low=1),
+    Key("cluster_dims", list, items=int, low=1, none_ok=True, nonempty=True),
+)
+
+
+def _blocks_fit_the_catalogue(config, dataset):
+    """The cut-offs and block widths must fit this catalogue (checked on the loaded dataset, before training)."""
+    if not (config["adaptive_input"] or config["adaptive_output"]):
+        return None
+    try:
+        blocks_from_config(config, dataset, config["embedding_size"])
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+#: The data rule of a model with adaptive item blocks (``embedding_size`` is the full width).
+BLOCKS_RULE = DataRule("cluster_cutoffs", _blocks_fit_the_catalogue)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recbole_compress.utils import ConfigError
+from recbole_compress.errors import ConfigError
 
 SHARING_SCHEMES = ("none", "cross_layer", "cross_block", "adjacent_layer", "adjacent_block")
 

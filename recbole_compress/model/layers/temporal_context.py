@@ -12,7 +12,7 @@ time slot of the interaction (the hour of the day by default). Its embedding ``r
 
 Building blocks, each usable under any backbone:
 
-- :func:`time_slots`, :func:`shift_right`, :func:`item_categories` (one category per item from a RecBole item
+- :func:`shift_right`, :func:`item_categories` (one category per item from a RecBole item
   feature, ``token`` or ``token_seq``);
 - :class:`TemporalContextEmbedding`: the context table, ``joint`` (the paper: one row per context tuple seen in the
   training data, plus an UNK row 0) or ``factorized`` (a parameter-light variant: ``E_prev[c_prev] + E_cur[c_cur] +
@@ -29,20 +29,6 @@ import torch
 from torch import nn
 
 PAD_CATEGORY = 0
-
-
-def time_slots(timestamps, slot_seconds=3600, num_slots=24):
-    """``floor(ts / slot_seconds) mod num_slots`` (the UTC hour of day for the defaults), as int64.
-
-    Accepts a tensor, a numpy array or a pandas Series; the arithmetic is done in float64 so that Unix times keep
-    their seconds (float32 only resolves 64 s around 2^30).
-    """
-    if slot_seconds <= 0 or num_slots < 1:
-        raise ValueError(f"time_slot_seconds must be > 0 and num_time_slots >= 1, got {slot_seconds}, {num_slots}")
-    if isinstance(timestamps, torch.Tensor):
-        return torch.remainder(torch.floor(timestamps.double() / slot_seconds), num_slots).long()
-    values = np.asarray(timestamps, dtype=np.float64)
-    return np.remainder(np.floor(values / slot_seconds), num_slots).astype(np.int64)
 
 
 def shift_right(x, fill=PAD_CATEGORY):

@@ -37,7 +37,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_compress.model.layers.nas_cell import NASCell, validate_genotype
 from recbole_compress.model.layers.nas_ops import CANDIDATE_OPS, parse_op_name
-from recbole_compress.utils import ConfigError
+from recbole_compress.config_keys import Phase
+from recbole_compress.errors import ConfigError
 
 # keys that define the student's structure: the search phase uses the student's values (its weights warm-start it)
 ARCH_KEYS = ("embedding_size", "num_cells", "num_nodes", "dropout_prob", "op_dilation", "pool_kernel", "layer_norm_eps")
@@ -75,11 +76,12 @@ class AdaRec(SequentialRecommender):
     trainer calls after the search.
     """
 
-    trainer_class = "recbole_compress.trainer.adarec.AdaRecTrainer"
     counterpart = "teacher"
-    default_teacher_model = "AdaRecNextItNetTeacher"
-    # prefixed keys of the other phases' models (accepted on the command line as teacher_<key>, search_<key>)
-    phase_models = {"teacher_": TEACHER_MODELS, "search_": ("AdaRecSearch",)}
+    # the phases before the student's retraining: the teacher, then the search supernet (with the student's structure)
+    phases = (
+        Phase("teacher_", "AdaRecNextItNetTeacher", models=TEACHER_MODELS),
+        Phase("search_", "AdaRecSearch", configurable=False, inherit=ARCH_KEYS, match=ARCH_KEYS),
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -118,20 +120,6 @@ class AdaRec(SequentialRecommender):
         """Check the phase settings and build the cells if the genotype is already known."""
         if config["retrain_init"] not in RETRAIN_INITS:
             raise ConfigError(f"retrain_init must be one of {', '.join(RETRAIN_INITS)}, got {config['retrain_init']!r}")
-        teacher_model = config["teacher_model"] or self.default_teacher_model
-        from recbole_compress.utils import get_model
-
-        if not hasattr(get_model(teacher_model), "forward_distill"):
-            raise ConfigError(
-                f"teacher_model {teacher_model!r} does not expose what AdaRec distils (embedding, hidden states, "
-                f"logits: forward_distill); use one of {', '.join(TEACHER_MODELS)}"
-            )
-        for key in ARCH_KEYS:
-            if config[f"search_{key}"] is not None and config[f"search_{key}"] != config[key]:
-                raise ConfigError(
-                    f"search_{key} ({config[f'search_{key}']!r}) differs from {key} ({config[key]!r}): the searched "
-                    f"supernet has the student's structure (its weights warm-start it); set {key} only"
-                )
         genotype, source = self._configured_genotype(config, dataset)
         if genotype is not None:
             self.set_genotype(genotype)
@@ -160,7 +148,7 @@ class AdaRec(SequentialRecommender):
                 self.search_checkpoint = (data.get("source") or {}).get("search_checkpoint")
             return self._validated(genotype, "adarec_arch_file"), f"adarec_arch_file {path}"
         if self.search_checkpoint:
-            from recbole_compress.trainer.checkpoint import check_item_mapping, load_checkpoint
+            from recbole_compress.checkpoint import check_item_mapping, load_checkpoint
 
             checkpoint = load_checkpoint(self.search_checkpoint)
             check_item_mapping(checkpoint, dataset, f"search_checkpoint {self.search_checkpoint!r}")

@@ -34,7 +34,7 @@ from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
-from recbole_compress.utils import ConfigError
+from recbole_compress.errors import ConfigError
 
 
 class CausalConv1d(nn.Module):
@@ -72,7 +72,6 @@ class NextItNetBlock(nn.Module):
 class AdaRecNextItNetTeacher(SequentialRecommender):
     r"""NextItNet teacher of AdaRec: causal dilated residual blocks, untied output layer, distillation taps."""
 
-    trainer_class = "recbole_compress.trainer.adarec.StepLRTrainer"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

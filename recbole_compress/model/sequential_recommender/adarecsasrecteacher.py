@@ -29,7 +29,7 @@ from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
-from recbole_compress.utils import ConfigError
+from recbole_compress.errors import ConfigError
 
 
 class CausalSelfAttentionBlock(nn.Module):
@@ -75,7 +75,6 @@ class CausalSelfAttentionBlock(nn.Module):
 class AdaRecSASRecTeacher(SequentialRecommender):
     r"""SASRec teacher of AdaRec: causal self-attention blocks, untied output layer, every block a distillation tap."""
 
-    trainer_class = "recbole_compress.trainer.adarec.StepLRTrainer"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -44,7 +44,7 @@ from recbole_compress.model.layers.nas_cell import NASCell
 from recbole_compress.model.layers.nas_ops import CANDIDATE_OPS
 from recbole_compress.model.layers.op_cost import cost_loss, op_cost_table
 from recbole_compress.model.sequential_recommender.adarec import AdaRec
-from recbole_compress.utils import ConfigError
+from recbole_compress.errors import ConfigError
 
 OP_COST_MODES = ("reference", "actual")
 KL_DIRECTIONS = ("forward", "reverse")
@@ -55,8 +55,7 @@ class AdaRecSearch(AdaRec):
     r"""AdaRec's supernet: every candidate operation on every edge, architecture logits, distillation losses."""
 
     runnable = False
-    trainer_class = "recbole_compress.trainer.adarec.AdaRecSearchTrainer"
-    phase_models = {}
+    phases = ()  # an internal phase of AdaRec: its teacher is given by AdaRec's trainer
 
     def _build(self, config, dataset):
         self.gamma = config["kd_gamma"]

@@ -17,22 +17,11 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_compress.model.layers.adaptive_embedding import AdaptiveEmbedding, adaptive_embedding_parameters
 from recbole_compress.model.layers.adaptive_softmax import AdaptiveSoftmax, adaptive_softmax_parameters
-from recbole_compress.model.layers.frequency_blocks import blocks_from_config
-from recbole_compress.model.layers.nextitnet_blocks import (
-    NextItNetResidualStack,
-    check_sharing_scheme,
-    middle_parameters,
-)
-from recbole_compress.utils import ConfigError
+from recbole_compress.config_keys import Key
+from recbole_compress.model.layers.frequency_blocks import BLOCK_KEYS, BLOCKS_RULE, blocks_from_config
+from recbole_compress.model.layers.nextitnet_blocks import SHARING_SCHEMES, NextItNetResidualStack, middle_parameters
 
 LOSS_POSITIONS = ("last", "all")
-
-
-def _check_bool(config, key):
-    value = config[key]
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be True or False, got {value!r}")
-    return value
 
 
 class CpRec(SequentialRecommender):
@@ -78,6 +67,20 @@ class CpRec(SequentialRecommender):
 
     aliases = ("CpRec-NextItNet",)
     counterpart = "NextItNet-uncompressed"
+    config_keys = (
+        Key("embedding_size", int, low=1),
+        Key("kernel_size", int, low=1),
+        Key("block_num", int, low=1),
+        Key("dilations", list, items=int, low=1, nonempty=True),
+        Key("reg_weight", float, low=0),
+        Key("loss_type", str, choices=("CE",)),
+        Key("adaptive_input", bool),
+        Key("adaptive_output", bool),
+        Key("sharing_scheme", str, choices=SHARING_SCHEMES),
+        Key("loss_position", str, choices=LOSS_POSITIONS),
+        Key("dropout_prob", float, low=0, high=1, high_open=True),
+    ) + BLOCK_KEYS
+    data_rules = (BLOCKS_RULE,)
 
     def __init__(self, config, dataset):
         super(CpRec, self).__init__(config, dataset)
@@ -86,33 +89,13 @@ class CpRec(SequentialRecommender):
         self.kernel_size = config["kernel_size"]
         self.block_num = config["block_num"]
         self.dilations = config["dilations"]
-        self.reg_weight = config["reg_weight"] or 0.0
+        self.reg_weight = config["reg_weight"]
         self.loss_type = config["loss_type"]
-        self.adaptive_input = _check_bool(config, "adaptive_input")
-        self.adaptive_output = _check_bool(config, "adaptive_output")
-        self.sharing_scheme = check_sharing_scheme(config["sharing_scheme"], "sharing_scheme")
+        self.adaptive_input = config["adaptive_input"]
+        self.adaptive_output = config["adaptive_output"]
+        self.sharing_scheme = config["sharing_scheme"]
         self.loss_position = config["loss_position"]
-        self.dropout_prob = config["dropout_prob"] or 0.0
-
-        if self.loss_type != "CE":
-            raise ConfigError(
-                f"loss_type={self.loss_type!r}: CpRec supports only 'CE' (its tree softmax is a normalised "
-                f"cross-entropy over all items)"
-            )
-        if self.loss_position not in LOSS_POSITIONS:
-            raise ConfigError(f"loss_position={self.loss_position!r}; allowed: {', '.join(LOSS_POSITIONS)}")
-        if not isinstance(self.embedding_size, int) or self.embedding_size < 1:
-            raise ConfigError(f"embedding_size must be a positive integer, got {self.embedding_size!r}")
-        if not isinstance(self.block_num, int) or self.block_num < 1:
-            raise ConfigError(f"block_num must be a positive integer, got {self.block_num!r}")
-        if not isinstance(self.kernel_size, int) or self.kernel_size < 1:
-            raise ConfigError(f"kernel_size must be a positive integer, got {self.kernel_size!r}")
-        if not isinstance(self.dilations, (list, tuple)) or not self.dilations or not all(
-            isinstance(d, int) and d >= 1 for d in self.dilations
-        ):
-            raise ConfigError(f"dilations must be a non-empty list of positive integers, got {self.dilations!r}")
-        if not 0.0 <= self.dropout_prob < 1.0:
-            raise ConfigError(f"dropout_prob must be in [0, 1), got {self.dropout_prob!r}")
+        self.dropout_prob = config["dropout_prob"]
 
         d = self.embedding_size
         self.blocks, self.cluster_dims = None, None

@@ -27,7 +27,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 
 from recbole_compress.model.layers.soft_attention_readout import SoftAttentionReadout
-from recbole_compress.utils import ConfigError
+from recbole_compress.errors import ConfigError
 
 INIT_METHODS = ("uniform", "recbole")
 

@@ -15,8 +15,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_compress.model.layers.adaptive_embedding import AdaptiveEmbedding
 from recbole_compress.model.layers.adaptive_softmax import AdaptiveSoftmax
-from recbole_compress.model.layers.frequency_blocks import blocks_from_config
-from recbole_compress.utils import ConfigError
+from recbole_compress.config_keys import Key
+from recbole_compress.model.layers.frequency_blocks import BLOCK_KEYS, BLOCKS_RULE, blocks_from_config
 
 
 class GRU4RecAdaptive(SequentialRecommender):
@@ -44,6 +44,16 @@ class GRU4RecAdaptive(SequentialRecommender):
     """
 
     counterpart = "GRU4Rec"
+    config_keys = (
+        Key("embedding_size", int, low=1),
+        Key("hidden_size", int, low=1),
+        Key("num_layers", int, low=1),
+        Key("dropout_prob", float, low=0, high=1, high_open=True),
+        Key("loss_type", str, choices=("CE",)),
+        Key("adaptive_input", bool),
+        Key("adaptive_output", bool),
+    ) + BLOCK_KEYS
+    data_rules = (BLOCKS_RULE,)
 
     def __init__(self, config, dataset):
         super(GRU4RecAdaptive, self).__init__(config, dataset)
@@ -55,14 +65,6 @@ class GRU4RecAdaptive(SequentialRecommender):
         self.dropout_prob = config["dropout_prob"]
         self.adaptive_input = config["adaptive_input"]
         self.adaptive_output = config["adaptive_output"]
-        for key in ("adaptive_input", "adaptive_output"):
-            if not isinstance(config[key], bool):
-                raise ConfigError(f"{key} must be True or False, got {config[key]!r}")
-        if self.loss_type != "CE":
-            raise ConfigError(
-                f"loss_type={self.loss_type!r}: GRU4RecAdaptive supports only 'CE' (the adaptive softmax is a "
-                f"normalised cross-entropy over all items)"
-            )
 
         d = self.embedding_size
         self.blocks, self.cluster_dims = None, None

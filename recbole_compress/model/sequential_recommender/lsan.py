@@ -50,7 +50,8 @@ from recbole_compress.model.layers.temporal_context import (
     shift_right,
 )
 from recbole_compress.model.layers.twin_attention import TwinAttentionEncoder
-from recbole_compress.utils import ConfigError
+from recbole_compress.config_keys import Key
+from recbole_compress.errors import ConfigError
 
 
 class LSANDataset(TimeSlotSequentialDataset):
@@ -86,6 +87,43 @@ class LSAN(SequentialRecommender):
     """
 
     counterpart = "SASRec"
+    config_keys = (
+        Key("hidden_size", int, low=1),
+        Key("n_layers", int, low=1),
+        Key("n_heads", int, low=1),
+        Key("head_width", str, choices=("full", "split")),
+        Key("twin_mode", str, choices=("twin", "sa_only", "conv_only")),
+        Key("conv_kernel_size", int, low=1),
+        Key("conv_padding", str, choices=("centered", "causal")),
+        Key("attn_mask", str, choices=("causal", "bidirectional")),
+        Key("inner_size", int, low=1, none_ok=True),
+        Key("hidden_act", str, choices=("gelu", "relu", "swish", "silu", "tanh", "sigmoid")),
+        Key("hidden_dropout_prob", float, low=0, high=1, high_open=True),
+        Key("attn_dropout_prob", float, low=0, high=1, high_open=True),
+        Key("layer_norm_eps", float, low=0, low_open=True),
+        Key("use_residual_ln", bool),
+        Key("initializer_range", float, low=0),
+        Key("embedding_type", str, choices=("compositional", "full")),
+        Key("num_base_tables", int, low=1),
+        Key("compression_rate", int, low=1),
+        Key("base_table_sizes", list, items=int, low=1, nonempty=True, none_ok=True),
+        Key("base_table_init", str, choices=("auto", "normal", "scaled"), none_ok=True),
+        Key("composition", str, choices=("attention", "attention_mult", "sum", "mean", "mult")),
+        Key("composition_score", str, choices=("additive", "dot")),
+        Key("use_context", bool),
+        Key("context_mode", str, choices=("joint", "factorized")),
+        Key("category_field", str),
+        Key("category_select", str, choices=("last", "first")),
+        Key("num_time_slots", int, low=1),
+        Key("time_slot_seconds", float, low=0, low_open=True),
+        Key("context_mlp_hidden_layers", int, low=0),
+        Key("context_mlp_act", str, choices=("silu", "relu", "gelu", "tanh", "sigmoid")),
+        Key("allow_missing_context", bool),
+        Key("output_layer", str, choices=("tied", "full")),
+        Key("output_composition", str, choices=("mean", "sum", "mult")),
+        Key("output_bias", bool),
+        Key("loss_type", str, choices=("CE",)),
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -49,7 +49,7 @@ from recbole_compress.model.layers.product_key_memory import (
     MaskedMeanQuery,
     ProductKeyMemory,
 )
-from recbole_compress.utils import ConfigError
+from recbole_compress.config_keys import Key, Relation
 
 PKM_MODES = ("pkm", "learned")
 QUERY_NETS = ("hierarchical", "mean")
@@ -59,55 +59,50 @@ LOSS_TYPES = ("CE", "BPR")
 HIDDEN_ACTS = ("gelu", "relu", "swish", "tanh", "sigmoid")
 
 
-def check_pkmact_config(config):
-    """Raise :class:`ConfigError` naming the key and the allowed values for any bad PKM-ACT setting."""
+def _dropout(name):
+    return Key(name, float, low=0, high=1, high_open=True)
 
-    def choice(key, allowed):
-        if config[key] not in allowed:
-            raise ConfigError(f"{key} must be one of {list(allowed)}, got {config[key]!r}")
 
-    def integer(key, minimum):
-        value = config[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+#: Every key PKM-ACT reads, with its rule.
+PKMACT_KEYS = (
+    Key("n_layers", int, low=1),
+    Key("n_heads", int, low=1),
+    Key("hidden_size", int, low=1),
+    Key("inner_size", int, low=1),
+    _dropout("hidden_dropout_prob"),
+    _dropout("attn_dropout_prob"),
+    Key("hidden_act", str, choices=HIDDEN_ACTS),
+    Key("layer_norm_eps", float, low=0, low_open=True),
+    Key("initializer_range", float, low=0),
+    Key("loss_type", str, choices=LOSS_TYPES),
+    Key("pkm_mode", str, choices=PKM_MODES),
+    Key("pkm_n_keys", int, low=1),
+    Key("pkm_topk", int, low=1),
+    Key("pkm_heads", int, low=1),
+    Key("pkm_key_dim", int, low=2, none_ok=True),
+    Key("pkm_query_batchnorm", bool),
+    Key("pkm_weighting", str, choices=WEIGHTINGS),
+    _dropout("pkm_input_dropout"),
+    _dropout("pkm_query_dropout"),
+    _dropout("pkm_value_dropout"),
+    Key("query_net", str, choices=QUERY_NETS),
+    Key("query_stride", int, low=2),
+    Key("query_levels", int, low=0),
+    Key("act_mode", str, choices=ACT_MODES),
+    Key("dispatcher_carry", str, choices=CARRIES),
+)
 
-    for key, allowed in (
-        ("pkm_mode", PKM_MODES),
-        ("query_net", QUERY_NETS),
-        ("act_mode", ACT_MODES),
-        ("dispatcher_carry", CARRIES),
-        ("pkm_weighting", WEIGHTINGS),
-        ("loss_type", LOSS_TYPES),
-        ("hidden_act", HIDDEN_ACTS),
-    ):
-        choice(key, allowed)
-    for key, minimum in (
-        ("n_layers", 1), ("n_heads", 1), ("hidden_size", 1), ("inner_size", 1), ("pkm_n_keys", 1), ("pkm_topk", 1),
-        ("pkm_heads", 1), ("query_stride", 2), ("query_levels", 0),
-    ):
-        integer(key, minimum)
-    if config["hidden_size"] % config["n_heads"]:
-        raise ConfigError(
-            f"hidden_size ({config['hidden_size']}) must be divisible by n_heads ({config['n_heads']}): "
-            f"allowed n_heads are the divisors of hidden_size"
-        )
-    if config["pkm_topk"] > config["pkm_n_keys"]:
-        raise ConfigError(
-            f"pkm_topk ({config['pkm_topk']}) must not be larger than pkm_n_keys ({config['pkm_n_keys']}), the number "
-            f"of sub-keys per half: allowed pkm_topk values are 1..{config['pkm_n_keys']}"
-        )
-    key_dim = config["pkm_key_dim"]
-    if key_dim is not None and (not isinstance(key_dim, int) or isinstance(key_dim, bool) or key_dim < 2 or key_dim % 2):
-        raise ConfigError(f"pkm_key_dim must be an even integer >= 2 (or None = hidden_size), got {key_dim!r}")
-    if key_dim is None and config["hidden_size"] % 2:
-        raise ConfigError(
-            f"pkm_key_dim defaults to hidden_size ({config['hidden_size']}), which is odd: set an even pkm_key_dim"
-        )
-    for key in ("hidden_dropout_prob", "attn_dropout_prob", "pkm_input_dropout", "pkm_query_dropout",
-                "pkm_value_dropout"):
-        value = config[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-            raise ConfigError(f"{key} must be a probability in [0, 1), got {value!r}")
+PKMACT_RELATIONS = (
+    Relation(("hidden_size", "n_heads"), lambda c: c["hidden_size"] % c["n_heads"] == 0,
+             "hidden_size must be divisible by n_heads (allowed n_heads: the divisors of hidden_size)"),
+    Relation(("pkm_topk", "pkm_n_keys"), lambda c: c["pkm_topk"] <= c["pkm_n_keys"],
+             "pkm_topk must not be larger than pkm_n_keys, the number of sub-keys per half"),
+    Relation(("pkm_key_dim",), lambda c: c["pkm_key_dim"] % 2 == 0, "pkm_key_dim must be even (two half keys)",
+             when=lambda c: c["pkm_key_dim"] is not None),
+    Relation(("pkm_key_dim", "hidden_size"), lambda c: c["hidden_size"] % 2 == 0,
+             "pkm_key_dim defaults to hidden_size, which is odd: set an even pkm_key_dim",
+             when=lambda c: c["pkm_key_dim"] is None),
+)
 
 
 class PKMACTBlock(nn.Module):
@@ -202,10 +197,11 @@ class PKMACT(SequentialRecommender):
 
     aliases = ("PKM-ACT",)
     counterpart = "SASRec"
+    config_keys = PKMACT_KEYS
+    config_relations = PKMACT_RELATIONS
 
     def __init__(self, config, dataset):
         super(PKMACT, self).__init__(config, dataset)
-        check_pkmact_config(config)
 
         # load parameters info
         self.n_layers = config["n_layers"]

@@ -1,0 +1,246 @@
+"""The run layer: the one place that builds a run's objects (config, data, model, trainer) and restores trained
+models from checkpoints.
+
+Every caller goes through it: the quick-start functions and the command line, the benchmark, the Ray Tune trainable
+and the teacher and search phases of teacher-student models. One seeding rule holds everywhere (RecBole's): the
+dataset and its split are made after ``init_seed(seed)``, the model after ``init_seed(seed + local_rank)``.
+
+    config = make_config("SASRec", "ml-100k", config_dict={"epochs": 5})   # + every check that needs no data
+    run = build(config)                    # data, data rules, model, trainer
+    result = fit_and_test(run)             # RecBole's fit + test, and the best checkpoint's path
+    restored = restore(result["checkpoint"])   # the trained model again, on the same data
+"""
+import os
+from logging import getLogger
+
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_seed, set_color
+
+from recbole_compress.checkpoint import check_item_mapping, check_state_dict, load_checkpoint
+from recbole_compress.config import Config, config_from_plain
+from recbole_compress.errors import CheckpointError, ConfigError, DataError
+from recbole_compress.phases import phase_config
+from recbole_compress.preflight import check_config, check_data, dataset_file_problem
+from recbole_compress.registry import get_model, get_trainer
+
+
+class Data:
+    """A dataset and its three data loaders (RecBole's ``data_preparation``)."""
+
+    def __init__(self, dataset, train, valid, test):
+        self.dataset, self.train, self.valid, self.test = dataset, train, valid, test
+
+
+class Run:
+    """Everything one run works with: ``config``, ``data`` (:class:`Data`), ``model`` and ``trainer``."""
+
+    def __init__(self, config, data, model, trainer=None):
+        self.config, self.data, self.model, self.trainer = config, data, model, trainer
+
+
+def make_config(model=None, dataset=None, config_file_list=None, config_dict=None, read_cmd_line=True,
+                command_line=None, also_known=()):
+    """The plugin :class:`~recbole_compress.config.Config`, checked before any data loads
+    (:func:`recbole_compress.preflight.check_config`).
+
+    Args:
+        command_line (dict): ``--key=value`` overrides already parsed (the plugin's CLI), used instead of
+            ``sys.argv``; they win over everything, as RecBole's command line does.
+        also_known (set): keys other models of a multi-model run read (accepted here, not used).
+
+    Raises:
+        ConfigError: every problem, named with its key, value and what is allowed.
+    """
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict,
+                    read_cmd_line=read_cmd_line, command_line=command_line)
+    check_config(config, also_known)
+    return config
+
+
+def load_data(config):
+    """The dataset and its split (after ``init_seed(seed)``), with the model's data rules checked.
+
+    Raises:
+        ConfigError: a value that does not fit this dataset. DataError: nothing to validate or test on.
+    """
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    check_data(config, dataset)
+    train, valid, test = data_preparation(config, dataset)
+    for name, loader in (("validation", valid), ("test", test)):
+        if loader is not None and len(loader._dataset) == 0:
+            raise DataError(
+                f"dataset {config['dataset']!r}: no user has enough interactions for a {name} item after filtering "
+                f"({dataset.user_num - 1} users, {dataset.inter_num} interactions; the leave-one-out split needs at "
+                f"least 3 interactions per user for a validation and a test item)"
+            )
+    return Data(dataset, train, valid, test)
+
+
+def build(config, data=None):
+    """Data (unless given), model and trainer of ``config``'s run; with ``resume`` set, the trainer continues from
+    that checkpoint (checked against this run's model and data before anything changes).
+
+    ``data`` (a :class:`Data` of the same dataset) lets a phase reuse the run's split; where the phase's
+    ``train_batch_size`` differs, its training loader is re-batched.
+    """
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if config["resume"]:
+        _adopt_written_keys(config, config["resume"], trainer_class)
+    if data is None:
+        data = load_data(config)
+    else:
+        data = Data(data.dataset, phase_train_data(config, data.train), data.valid, data.test)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, data.train._dataset).to(config["device"])
+    trainer = trainer_class(config, model)
+    if hasattr(trainer, "phases"):
+        trainer.phases = PhaseRunner(config, data)
+    if config["resume"]:
+        trainer.resume_checkpoint(config["resume"], dataset=data.dataset)
+    return Run(config, data, model, trainer)
+
+
+def _adopt_written_keys(config, path, trainer_class):
+    """What the interrupted run's trainer wrote into its config (its teacher's checkpoint, AdaRec's genotype), for
+    the keys this run leaves unset: the resumed run continues with the same teacher and architecture."""
+    saved = load_checkpoint(path)["config"]
+    for key in getattr(trainer_class, "config_written", ()):
+        if config[key] in (None, "") and saved.get(key) not in (None, ""):
+            config[key] = saved[key]
+
+
+def phase_train_data(config, train):
+    """``train``, or the same training split batched by ``config``'s own ``train_batch_size`` when it differs (a
+    phase's ``<prefix>train_batch_size`` is honoured)."""
+    if config["train_batch_size"] == train.config["train_batch_size"]:
+        return train
+    from recbole.data.utils import get_dataloader
+
+    return get_dataloader(config, "train")(config, train._dataset, train._sampler, shuffle=config["shuffle"])
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C, SIGTERM); ``last_file`` is the last complete epoch's checkpoint (None if no
+    epoch completed), from which ``resume`` continues."""
+
+    def __init__(self, model, last_file, best_file):
+        super().__init__(f"{model} interrupted")
+        self.model, self.last_file, self.best_file = model, last_file, best_file
+
+
+def fit_and_test(run, saved=True, show_progress=False, verbose=True, callback_fn=None, evaluate_test=True):
+    """RecBole's ``fit`` (best validation epoch saved when ``saved``), then the test of the best epoch.
+
+    Returns:
+        dict: ``model``, ``best_valid_score``, ``valid_score_bigger``, ``valid_metric``, ``best_valid_result``,
+        ``test_result``
+        (None when ``evaluate_test`` is False), ``checkpoint`` (the best-model file, when saved).
+    """
+    config, trainer = run.config, run.trainer
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            run.data.train, run.data.valid, verbose=verbose, saved=saved, show_progress=show_progress,
+            callback_fn=callback_fn,
+        )
+    except KeyboardInterrupt:
+        last = getattr(trainer, "last_model_file", None)
+        best = getattr(trainer, "saved_model_file", None)
+        raise RunInterrupted(config["model"], last if last and os.path.isfile(last) else None,
+                             best if best and os.path.isfile(best) else None) from None
+    test_result = None
+    if evaluate_test:
+        test_result = trainer.evaluate(run.data.test, load_best_model=saved, show_progress=show_progress)
+    return {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "valid_metric": config["valid_metric"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+
+
+def load_model_state(model, checkpoint, path):
+    """Load a checkpoint's weights into ``model``; weights that do not fit are a :class:`CheckpointError` that names
+    the tensor, raised before anything changes."""
+    check_state_dict(checkpoint["state_dict"], model, path)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+
+
+def restore(checkpoint_file, data=None, device=None, reseed=True):
+    """The model saved in a plugin checkpoint, rebuilt from the checkpoint's own configuration and weights, on
+    ``data`` (default: the checkpoint's dataset and split, loaded again). Returns a :class:`Run` without trainer.
+    ``reseed=False`` builds the model without touching the random state (a phase inside a running run).
+
+    Raises:
+        CheckpointError: an unsafe, damaged or foreign file, another dataset's item ids, weights that do not fit.
+    """
+    path = str(checkpoint_file)
+    checkpoint = load_checkpoint(path)
+    config = config_from_plain(checkpoint["config"])
+    if device is not None:
+        config["device"] = device
+    if data is None:
+        missing = dataset_file_problem(config)
+        if missing:
+            raise ConfigError(f"{path} was trained on a dataset that is not here: {missing}")
+        data = load_data(config)
+    check_item_mapping(checkpoint, data.dataset, repr(path))
+    if reseed:
+        init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, data.train._dataset)
+    load_model_state(model, checkpoint, repr(path))
+    return Run(config, data, model.to(config["device"]))
+
+
+class PhaseRunner:
+    """The phases of a run (a teacher trained first, AdaRec's search), given to its trainer as ``trainer.phases``:
+    each phase is built by this layer on the run's own split."""
+
+    def __init__(self, config, data):
+        self.config, self.data = config, data
+        self.logger = getLogger()
+
+    def build(self, prefix, model=None, extra=None):
+        """A :class:`Run` of one phase (``model`` default: the phase's model in the run's config)."""
+        return build(phase_config(self.config, prefix, model, extra), self.data)
+
+    def teacher(self, prefix, verbose=True, show_progress=False):
+        """The phase's trained model in eval mode: loaded from ``<prefix>checkpoint`` if set, else trained now (and
+        its best epoch reloaded).
+
+        Returns:
+            (model, info dict with ``checkpoint``, ``trained``, ``model``, ``best_valid_score``,
+            ``best_valid_result``, ``train_seconds_per_epoch``).
+        """
+        path = self.config[f"{prefix}checkpoint"]
+        name = prefix.rstrip("_")
+        if path:
+            restored = restore(path, self.data, self.config["device"], reseed=False)
+            self.logger.info(set_color(f"Phase {name}", "green") + f": reusing {restored.config['model']} from {path}")
+            restored.model.eval()
+            return restored.model, {"checkpoint": path, "trained": False, "model": restored.config["model"],
+                                    "best_valid_score": None, "best_valid_result": None}
+        phase = self.build(prefix)
+        self.logger.info(set_color(f"Phase {name}", "green")
+                         + f": training {phase.config['model']} for up to {phase.config['epochs']} epochs")
+        best_score, best_result = phase.trainer.fit(phase.data.train, phase.data.valid, verbose=verbose, saved=True,
+                                                    show_progress=show_progress)
+        path = phase.trainer.saved_model_file
+        load_model_state(phase.model, load_checkpoint(path, map_location=phase.config["device"]), repr(path))
+        phase.model.eval()
+        self.logger.info(set_color(f"Phase {name} done", "green") + f": best valid {best_score} saved in {path}")
+        seconds = phase.trainer.epoch_seconds
+        return phase.model, {"checkpoint": path, "trained": True, "model": phase.config["model"],
+                             "best_valid_score": best_score, "best_valid_result": best_result,
+                             "train_seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
+
+
+def ensure_threads(num_threads):
+    """``torch.set_num_threads`` for a CPU process (no-op where ``num_threads`` is falsy)."""
+    if num_threads and not torch.cuda.is_available():
+        torch.set_num_threads(int(num_threads))

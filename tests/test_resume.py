@@ -1,0 +1,164 @@
+"""Nothing lost: a killed run resumes to exactly the uninterrupted run's numbers; a refused checkpoint changes nothing;
+every bad checkpoint gets its own message; every run gets its own log file."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from recbole_compress.checkpoint import last_checkpoint_name, load_checkpoint, save_checkpoint
+from recbole_compress.errors import CheckpointError
+from recbole_compress.quick_start import load_data_and_model, run_recbole_compress
+from recbole_compress.run import build, make_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CHILD = """
+import json, sys, torch
+torch.set_num_threads(1)
+from recbole_compress.quick_start import run_recbole_compress
+r = run_recbole_compress(config_dict=json.loads(sys.argv[1]), read_cmd_line=False)
+print("RESULT " + json.dumps({"test": {k: float(v) for k, v in r["test_result"].items()},
+                              "best_valid": float(r["best_valid_score"]), "checkpoint": r["checkpoint"]}))
+"""
+
+
+def _child(cfg):
+    return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def _result(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+@pytest.fixture
+def slow_config(tiny_config, tmp_path):
+    """SASRec on the tiny data with batches of 4, so that an epoch lasts long enough to be killed in the middle."""
+    return dict(tiny_config, model="SASRec", epochs=3, train_batch_size=4, hidden_size=8, inner_size=16, n_layers=1,
+                n_heads=1, embedding_size=None, stopping_step=10, valid_metric="NDCG@10",
+                checkpoint_dir=str(tmp_path / "saved"), strict_config_keys=False)
+
+
+def test_a_run_killed_in_epoch_two_resumes_to_the_uninterrupted_numbers(slow_config, tmp_path):
+    reference = _result(_child(dict(slow_config, checkpoint_dir=str(tmp_path / "reference"))))
+
+    proc = _child(slow_config)
+    folder = tmp_path / "saved"
+    deadline = time.time() + 300
+    last = None
+    while time.time() < deadline and proc.poll() is None:  # kill (SIGKILL: no chance to clean up) during epoch 2
+        found = [f for f in os.listdir(folder) if f.endswith("-last.pth")] if folder.exists() else []
+        if found:
+            last = str(folder / found[0])
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.communicate()
+    assert last is not None and proc.returncode == -signal.SIGKILL, "the run was not killed in time"
+    assert load_checkpoint(last)["epoch"] < 2, "killed after the last epoch had started"
+
+    resumed = _result(_child(dict(slow_config, resume=last)))
+    assert resumed["test"] == reference["test"]
+    assert resumed["best_valid"] == reference["best_valid"]
+    assert os.path.basename(resumed["checkpoint"]) != os.path.basename(reference["checkpoint"])
+    assert resumed["checkpoint"] == load_checkpoint(last)["best_model_file"]  # the same run's best file, continued
+
+
+def test_a_finished_run_resumed_trains_nothing_and_keeps_its_best_model(tiny_config):
+    result = run_recbole_compress("SASRec", config_dict=dict(tiny_config, epochs=2), read_cmd_line=False)
+    last = last_checkpoint_name(result["checkpoint"])
+    before = open(result["checkpoint"], "rb").read()
+    again = run_recbole_compress("SASRec", config_dict=dict(tiny_config, epochs=2, resume=last), read_cmd_line=False)
+    assert again["test_result"] == result["test_result"]
+    assert open(result["checkpoint"], "rb").read() == before
+
+
+def test_a_refused_resume_changes_nothing(tiny_config):
+    cprec = run_recbole_compress("CpRec", config_dict=dict(tiny_config, epochs=1), read_cmd_line=False)["checkpoint"]
+    before = open(cprec, "rb").read()
+    config = make_config("SASRec", config_dict=dict(tiny_config, epochs=1), read_cmd_line=False)
+    run = build(config)
+    saved_file, start, best = run.trainer.saved_model_file, run.trainer.start_epoch, run.trainer.best_valid_score
+    with pytest.raises(CheckpointError, match="holds a CpRec model, not SASRec"):
+        run.trainer.resume_checkpoint(cprec, dataset=run.data.dataset)
+    assert (run.trainer.saved_model_file, run.trainer.start_epoch, run.trainer.best_valid_score) == (
+        saved_file, start, best)
+    run.trainer.fit(run.data.train, run.data.valid, saved=True)
+    assert open(cprec, "rb").read() == before  # the refused file was not overwritten by the next fit
+
+
+def _saved(tiny_config):
+    return run_recbole_compress("SASRec", config_dict=dict(tiny_config, epochs=1), read_cmd_line=False)["checkpoint"]
+
+
+def test_every_bad_checkpoint_gets_its_own_message(tiny_config, tmp_path):
+    good = _saved(tiny_config)
+    data = open(good, "rb").read()
+    cases = {}
+    (tmp_path / "empty.pth").write_bytes(b"")
+    cases["empty.pth"] = "is empty"
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    cases["truncated.pth"] = r"truncated or damaged \(\d+ bytes\)"
+    (tmp_path / "random.pth").write_bytes(os.urandom(4000))
+    cases["random.pth"] = "is not a checkpoint"
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    cases["plain.pkl"] = "plain Python pickle"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(print))
+    cases["evil.pkl"] = "pickled Python objects that loading would execute"
+    for name, message in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(str(tmp_path / name))
+
+    checkpoint = load_checkpoint(good)
+    no_config = dict(checkpoint)
+    del no_config["config"]
+    save_checkpoint(no_config, str(tmp_path / "no_config.pth"))
+    with pytest.raises(CheckpointError, match="records no configuration"):
+        load_checkpoint(str(tmp_path / "no_config.pth"))
+
+    shape = dict(checkpoint, state_dict=dict(checkpoint["state_dict"]))
+    shape["state_dict"]["item_embedding.weight"] = torch.zeros(3, 5)
+    save_checkpoint(shape, str(tmp_path / "shape.pth"))
+    with pytest.raises(CheckpointError, match=r"tensor 'item_embedding.weight' has shape \(3, 5\)"):
+        load_data_and_model(str(tmp_path / "shape.pth"))
+
+    unverified = dict(checkpoint)
+    del unverified["item_fingerprint"]
+    save_checkpoint(unverified, str(tmp_path / "unverified.pth"))
+    with pytest.raises(CheckpointError, match="records no item-id mapping"):
+        load_data_and_model(str(tmp_path / "unverified.pth"))
+    with pytest.raises(CheckpointError, match="records no item-id mapping"):
+        run_recbole_compress("EODRec", config_dict=dict(tiny_config, teacher_checkpoint=str(tmp_path / "unverified.pth"),
+                                                        hidden_size=8), read_cmd_line=False)
+
+
+def test_two_runs_started_in_the_same_second_write_two_log_files(tiny_config, tmp_path):
+    from recbole_compress.logs import start_logging, stop_logging
+
+    config = make_config("SASRec", config_dict=tiny_config, read_cmd_line=False)
+    first = start_logging(config, log_root=str(tmp_path / "log"))
+    second = start_logging(config, log_root=str(tmp_path / "log"))
+    stop_logging()
+    assert first != second and os.path.isfile(first) and os.path.isfile(second)
+
+
+def test_each_model_of_a_multi_model_run_logs_into_its_own_file(tiny_data_path, tmp_path):
+    args = ["--model=SASRec,GRU4Rec", "--dataset=tiny", f"--data_path={tiny_data_path}", "--epochs=1",
+            "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
+            "--show_progress=False", f"--checkpoint_dir={tmp_path}/saved", "--hidden_size=8", "--embedding_size=8"]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "run_recbole_compress.py"), *args], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for model in ("SASRec", "GRU4Rec"):
+        files = os.listdir(tmp_path / "log" / model)
+        assert len(files) == 1
+        text = open(tmp_path / "log" / model / files[0]).read()
+        assert "test result" in text and text.count("test result") == 1
