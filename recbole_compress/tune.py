@@ -29,16 +29,24 @@ metric check rejects; and it reports once per trial, so ASHA cannot stop a bad t
 - a trial that fails (bad hyperparameters, NaN loss) is reported failed and the search goes on;
 - at the end the best trial's checkpoint is evaluated on the test set (the test set plays no part in the search),
   and a table of all trials, the best configuration and the one command that reruns it are printed and written to
-  ``--output_file`` (default ``<storage_path>/<name>/trials.md``, with ``trials.json`` beside it).
+  ``--output_file`` (default ``<storage_path>/<name>/trials.md``, with ``trials.json`` beside it);
+- a trial's console output is kept in its own folder (``stdout``, ``stderr``);
+- an interrupted search (Ctrl-C) lists its unfinished trials as ``interrupted`` / ``not started``, announces and tests
+  no best trial, exits with status 130 and prints the command that continues it:
+  ``python run_recbole_compress.py --tune --resume=<storage_path>/<name>`` (Ray's ``Tuner.restore``; an interrupted
+  trial continues from its last complete epoch).
 """
 import argparse
 import ast
 import datetime
+import glob
 import json
 import math
 import os
 import shlex
+import signal
 import sys
+import threading
 from collections import namedtuple
 
 from recbole_compress import properties_path
@@ -49,6 +57,8 @@ from recbole_compress.registry import get_model
 
 PARAM_TYPES = ("choice", "uniform", "loguniform", "quniform")
 STOPPED = "stopped early by the scheduler"
+INTERRUPTED = "interrupted"
+NOT_STARTED = "not started"
 _SYNTAX = (
     "expected `name choice [v1, v2, ...]`, `name uniform low,high`, `name loguniform low,high` (natural-log bounds: "
     "exp(low) .. exp(high)) or `name quniform low,high,q`"
@@ -243,13 +253,22 @@ def _trainable(config, spec):
 
     from recbole_compress.quick_start import objective_function
 
+    from recbole_compress.commandline import quiet_known_noise
+
+    quiet_known_noise()
     trial_dir = session.get_trial_dir()
     os.makedirs(trial_dir, exist_ok=True)
     os.chdir(trial_dir)  # RecBole's log/ and log_tensorboard/ are relative to the working directory
     torch.set_num_threads(max(1, int(spec["cpus_per_trial"])))
     config_dict = trial_config(config, spec, trial_dir, ray.get_gpu_ids())
-    objective_function(config_dict, spec["config_file_list"], saved=True, callback_fn=session.report,
-                       evaluate_test=False)
+    last = sorted(glob.glob(os.path.join(trial_dir, "saved", "*-last.pth")), key=os.path.getmtime)
+    if last:  # a trial of a restored search continues from its last complete epoch
+        config_dict["resume"] = last[-1]
+
+    def report(epoch_report):
+        session.report(dict(epoch_report, epochs_done=epoch_report["epoch"] + 1))
+
+    objective_function(config_dict, spec["config_file_list"], saved=True, callback_fn=report, evaluate_test=False)
 
 
 def _trial_dirname(trial):
@@ -348,29 +367,93 @@ def rerun_command(model, dataset, config_file_list, config_dict, params):
     return " ".join(_shell_word(p) for p in parts)
 
 
-def run_search(
-    model,
-    dataset="ml-100k",
-    config_file_list=None,
-    config_dict=None,
-    params_file=None,
-    num_samples=None,
-    algo="random",
-    scheduler="asha",
-    max_t=None,
-    grace_period=1,
-    reduction_factor=2,
-    cpus_per_trial=1,
-    gpus_per_trial=None,
-    max_concurrent_trials=0,
-    address=None,
-    num_cpus=None,
-    storage_path="ray_results",
-    name=None,
-    output_file=None,
-    verbose=1,
-    search_seed=None,
-):
+def _search_setup(model, dataset, config_file_list, config_dict, params_file, algo, scheduler):
+    """Every check before Ray starts; returns the search's settings (``spec`` for the trials, the space, metric)."""
+    from recbole_compress.run import make_config
+
+    model = get_model(model).__name__
+    params_file = os.path.abspath(params_file or default_params_file(model))
+    params = parse_params_file(params_file)
+    check_param_keys(model, params, params_file)
+    config_dict = dict(config_dict or {})
+    clash = sorted(set(config_dict) & {p.name for p in params})
+    if clash:
+        raise ConfigError(f"{', '.join(clash)} is both searched (in {params_file}) and fixed (--key=value): drop one")
+    if algo not in ("random", "exhaustive", "bayes"):
+        raise ConfigError(f"algo must be one of random, exhaustive, bayes; got {algo!r}")
+    if scheduler not in ("asha", "fifo"):
+        raise ConfigError(f"scheduler must be asha or fifo, got {scheduler!r}")
+    ray_search_space(params, algo)  # refuses ranges in an exhaustive search
+    config_dict, config_file_list = _absolute_paths(config_dict, config_file_list)
+    # the fixed settings must make a valid configuration before any trial starts (RecBole's Config sets
+    # CUDA_VISIBLE_DEVICES to its gpu_id: restore it, or a local Ray would see only that GPU)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        base = make_config(model, dataset, config_file_list, dict(config_dict), read_cmd_line=False)
+    finally:
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    if base["dataset"] != "ml-100k" and "data_path" not in config_dict:
+        config_dict["data_path"] = os.path.dirname(os.path.normpath(base["data_path"]))
+    return {"model": model, "dataset": dataset, "config_dict": config_dict, "config_file_list": config_file_list,
+            "params_file": params_file, "metric": base["valid_metric"].lower(),
+            "mode": "max" if base["valid_metric_bigger"] else "min", "epochs": int(base["epochs"]), "algo": algo,
+            "scheduler": scheduler}
+
+
+def _trainable_of(spec, cpus_per_trial, gpus_per_trial):
+    from ray import tune
+
+    trial_spec = {k: spec[k] for k in ("model", "dataset", "config_dict", "config_file_list")}
+    trial_spec["cpus_per_trial"] = cpus_per_trial
+    return tune.with_resources(tune.with_parameters(_trainable, spec=trial_spec),
+                               {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+
+
+def _new_tuner(spec, trainable, options):
+    """The Tuner of a new search (scheduler, search algorithm, one folder per trial, trial output kept in files)."""
+    from ray import air, tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    params = parse_params_file(spec["params_file"])
+    if spec["scheduler"] == "asha":
+        sched = ASHAScheduler(time_attr="epochs_done", max_t=options["max_t"] or spec["epochs"],
+                              grace_period=options["grace_period"], reduction_factor=options["reduction_factor"])
+    else:
+        sched = FIFOScheduler()
+    search_alg = None
+    if spec["algo"] == "bayes":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        search_alg = HyperOptSearch(random_state_seed=options["search_seed"])
+    elif options["search_seed"] is not None:
+        from ray.tune.search import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(random_state=options["search_seed"])
+    return tune.Tuner(
+        trainable,
+        param_space=ray_search_space(params, spec["algo"]),
+        tune_config=tune.TuneConfig(
+            metric=spec["metric"], mode=spec["mode"], scheduler=sched, search_alg=search_alg,
+            num_samples=options["num_samples"], max_concurrent_trials=options["max_concurrent_trials"] or None,
+            trial_name_creator=_trial_dirname, trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=air.RunConfig(
+            name=spec["name"], storage_path=spec["storage_path"], verbose=options["verbose"], log_to_file=True,
+            failure_config=air.FailureConfig(max_failures=0, fail_fast=False),
+        ),
+    )
+
+
+SEARCH_FILE = "search.json"
+
+
+def run_search(model, dataset="ml-100k", config_file_list=None, config_dict=None, params_file=None, num_samples=None,
+               algo="random", scheduler="asha", max_t=None, grace_period=1, reduction_factor=2, cpus_per_trial=1,
+               gpus_per_trial=None, max_concurrent_trials=0, address=None, num_cpus=None, storage_path="ray_results",
+               name=None, output_file=None, verbose=1, search_seed=None):
     """Run a Ray Tune search and return its summary (also written to ``output_file`` and ``trials.json``).
 
     Args:
@@ -387,144 +470,115 @@ def run_search(
             GPU, else 0.
         address (str): an existing Ray cluster (``auto``, ``ray://host:10001``); None starts a local Ray (with
             ``num_cpus`` CPUs) and stops it at the end.
-        storage_path, name: the search's folder is ``<storage_path>/<name>``.
+        storage_path, name: the search's folder is ``<storage_path>/<name>`` (its settings in ``search.json``, so
+            that :func:`resume_search` can continue it).
 
     Returns:
         dict: ``metric``, ``mode``, ``trials`` (rows), ``best`` (row or None), ``best_test_result``,
-        ``rerun_command``, ``output_file``, ``experiment_dir``.
+        ``rerun_command``, ``output_file``, ``experiment_dir``, ``interrupted``.
     """
-    import ray
-    from ray import air, tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    spec = _search_setup(model, dataset, config_file_list, config_dict, params_file, algo, scheduler)
+    spec["name"] = name or f"{spec['model']}-{dataset}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    spec["storage_path"] = os.path.abspath(storage_path)
+    experiment_dir = os.path.join(spec["storage_path"], spec["name"])
+    spec["output_file"] = os.path.abspath(output_file or os.path.join(experiment_dir, "trials.md"))
+    spec["resources"] = {"cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
+    options = {"num_samples": num_samples or (1 if algo == "exhaustive" else 10), "max_t": max_t,
+               "grace_period": grace_period, "reduction_factor": reduction_factor, "search_seed": search_seed,
+               "max_concurrent_trials": max_concurrent_trials, "verbose": verbose}
+    os.makedirs(experiment_dir, exist_ok=True)
+    with open(os.path.join(experiment_dir, SEARCH_FILE), "w", encoding="utf-8") as f:
+        json.dump(spec, f, indent=2)
+    return _execute(spec, lambda trainable: _new_tuner(spec, trainable, options), address, num_cpus, verbose)
 
-    from recbole_compress.run import make_config
 
-    model = get_model(model).__name__
-    params_file = params_file or default_params_file(model)
-    params = parse_params_file(params_file)
-    check_param_keys(model, params, params_file)
-    config_dict = dict(config_dict or {})
-    clash = sorted(set(config_dict) & {p.name for p in params})
-    if clash:
-        raise ConfigError(f"{', '.join(clash)} is both searched (in {params_file}) and fixed (--key=value): drop one")
-    if algo not in ("random", "exhaustive", "bayes"):
-        raise ConfigError(f"algo must be one of random, exhaustive, bayes; got {algo!r}")
-    if scheduler not in ("asha", "fifo"):
-        raise ConfigError(f"scheduler must be asha or fifo, got {scheduler!r}")
-    space = ray_search_space(params, algo)
-    config_dict, config_file_list = _absolute_paths(config_dict, config_file_list)
+def resume_search(experiment_dir, address=None, num_cpus=None, verbose=1):
+    """Continue an interrupted search (``Tuner.restore``): finished trials are kept, unfinished ones continue from
+    their last complete epoch (each trial resumes its own ``-last.pth`` checkpoint), never-started ones start."""
+    path = os.path.join(os.path.abspath(experiment_dir), SEARCH_FILE)
+    if not os.path.isfile(path):
+        raise ConfigError(f"--resume={experiment_dir!r}: no search was started there (no {SEARCH_FILE}); give the "
+                          f"search's folder, <storage_path>/<name>")
+    with open(path, encoding="utf-8") as f:
+        spec = json.load(f)
 
-    # the fixed settings must make a valid configuration before any trial starts (RecBole's Config sets
-    # CUDA_VISIBLE_DEVICES to its gpu_id: restore it, or a local Ray would see only that GPU)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    def restored(trainable):
+        from ray import tune
+
+        return tune.Tuner.restore(os.path.dirname(path), trainable, resume_unfinished=True, resume_errored=False)
+
+    return _execute(spec, restored, address, num_cpus, verbose)
+
+
+def _fit_noting_interrupt(tuner):
+    """``(ResultGrid, interrupted)``. Ray Tune (2.6) replaces the SIGINT handler while it runs and puts the previous
+    one back only when a Ctrl-C stops it, so a sentinel handler found in place afterwards means the search was
+    interrupted (Ray marks the trials it stopped TERMINATED, and trials never created are not in the grid)."""
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit(), False
+
+    def sentinel(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, sentinel)
     try:
-        base = make_config(model, dataset, config_file_list, dict(config_dict), read_cmd_line=False)
+        grid = tuner.fit()
+        interrupted = signal.getsignal(signal.SIGINT) is sentinel
     finally:
-        if visible is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    metric = base["valid_metric"].lower()
-    mode = "max" if base["valid_metric_bigger"] else "min"
-    epochs = int(base["epochs"])
-    if base["dataset"] != "ml-100k" and "data_path" not in config_dict:
-        config_dict["data_path"] = os.path.dirname(os.path.normpath(base["data_path"]))
-    if num_samples is None:
-        num_samples = 1 if algo == "exhaustive" else 10
-    name = name or f"{model}-{dataset}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    storage_path = os.path.abspath(storage_path)
-    experiment_dir = os.path.join(storage_path, name)
-    output_file = os.path.abspath(output_file or os.path.join(experiment_dir, "trials.md"))
+        signal.signal(signal.SIGINT, previous)
+    return grid, interrupted
+
+
+def _execute(spec, make_tuner, address, num_cpus, verbose):
+    """Start (or join) Ray, run the tuner, summarise, test the best trial unless the search was interrupted."""
+    import ray
 
     started = _ray_init(address, num_cpus, verbose)
     try:
-        if gpus_per_trial is None:
-            gpus_per_trial = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        spec = {
-            "model": model,
-            "dataset": dataset,
-            "config_dict": config_dict,
-            "config_file_list": config_file_list,
-            "cpus_per_trial": cpus_per_trial,
-        }
-        trainable = tune.with_resources(
-            tune.with_parameters(_trainable, spec=spec), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-        )
-        if scheduler == "asha":
-            sched = ASHAScheduler(
-                max_t=max_t or epochs, grace_period=grace_period, reduction_factor=reduction_factor
-            )
-        else:
-            sched = FIFOScheduler()
-        search_alg = None
-        if algo == "bayes":
-            from ray.tune.search.hyperopt import HyperOptSearch
-
-            search_alg = HyperOptSearch(random_state_seed=search_seed)
-        elif search_seed is not None:
-            from ray.tune.search import BasicVariantGenerator
-
-            search_alg = BasicVariantGenerator(random_state=search_seed)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
-                scheduler=sched,
-                search_alg=search_alg,
-                num_samples=num_samples,
-                max_concurrent_trials=max_concurrent_trials or None,
-                trial_name_creator=_trial_dirname,
-                trial_dirname_creator=_trial_dirname,
-            ),
-            run_config=air.RunConfig(
-                name=name,
-                storage_path=storage_path,
-                failure_config=air.FailureConfig(max_failures=0, fail_fast=False),
-                verbose=verbose,
-            ),
-        )
-        grid = tuner.fit()
-        rows = _trial_rows(grid, params, metric, mode)
-        best = _best_row(rows, mode)
-        best_test = None
-        if best is not None and best.get("checkpoint_file"):
-            best_test = _test_of(best, cpus_per_trial, gpus_per_trial)
+        gpus = spec["resources"]["gpus_per_trial"]
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        cpus = spec["resources"]["cpus_per_trial"]
+        grid, interrupted = _fit_noting_interrupt(make_tuner(_trainable_of(spec, cpus, gpus)))
+        params = parse_params_file(spec["params_file"])
+        rows = _trial_rows(grid, params, spec["metric"], spec["mode"], interrupted)
+        interrupted = interrupted or any(r["status"] in (INTERRUPTED, NOT_STARTED) for r in rows)
+        best = None if interrupted else _best_row(rows, spec["mode"])
+        best_test = _test_of(best, cpus, gpus) if best is not None and best.get("checkpoint_file") else None
     finally:
         if started:
             ray.shutdown()
-
+    experiment_dir = os.path.join(spec["storage_path"], spec["name"])
     summary = {
-        "model": model,
-        "dataset": dataset,
-        "params_file": os.path.abspath(params_file),
-        "metric": metric,
-        "mode": mode,
-        "algo": algo,
-        "scheduler": scheduler,
-        "experiment_dir": experiment_dir,
-        "output_file": output_file,
-        "trials": rows,
-        "best": best,
-        "best_test_result": best_test,
-        "rerun_command": rerun_command(model, dataset, config_file_list, config_dict, best["params"]) if best else None,
+        "model": spec["model"], "dataset": spec["dataset"], "params_file": spec["params_file"],
+        "metric": spec["metric"], "mode": spec["mode"], "algo": spec["algo"], "scheduler": spec["scheduler"],
+        "experiment_dir": experiment_dir, "output_file": spec["output_file"], "trials": rows, "best": best,
+        "best_test_result": best_test, "interrupted": interrupted,
+        "rerun_command": rerun_command(spec["model"], spec["dataset"], spec["config_file_list"], spec["config_dict"],
+                                       best["params"]) if best else None,
+        "resume_command": f"python run_recbole_compress.py --tune --resume={_shell_word(experiment_dir)}",
     }
     _write_summary(summary)
     return summary
 
 
-def _trial_rows(grid, params, metric, mode):
+def _ray_trials(grid):
+    """``{trial folder name: Ray's Trial}`` (its status: TERMINATED, ERROR, RUNNING, PAUSED, PENDING)."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    return {_trial_dirname(t): t for t in getattr(analysis, "trials", None) or []}
+
+
+def _trial_rows(grid, params, metric, mode, interrupted=False):
     rows = []
     names = [p.name for p in params]
+    trials = _ray_trials(grid)
     for i in range(len(grid)):
         result = grid[i]
         path = getattr(result, "path", None) or str(result.log_dir)
-        row = {
-            "trial": os.path.basename(os.path.normpath(path)),
-            "params": {k: _plain(result.config.get(k)) for k in names if k in (result.config or {})},
-            "trial_dir": path,
-        }
+        name = os.path.basename(os.path.normpath(path))
+        trial = trials.get(name)
+        config = (trial.config if trial is not None else None) or result.config or {}
+        row = {"trial": name, "params": {k: _plain(config.get(k)) for k in names if k in config}, "trial_dir": path}
         history = result.metrics_dataframe
         reports = 0 if history is None or metric not in getattr(history, "columns", ()) else len(history)
         row["epochs"] = reports
@@ -535,9 +589,15 @@ def _trial_rows(grid, params, metric, mode):
             row["last_train_loss"] = float(history["train_loss"].iloc[-1]) if "train_loss" in history else None
             row["checkpoint_file"] = metrics.get("checkpoint_file") or str(history["checkpoint_file"].iloc[-1])
             row["node_ip"] = metrics.get("node_ip") or str(history["node_ip"].iloc[-1])
-        if result.error is not None:
+        status = getattr(trial, "status", "TERMINATED")
+        last_validation = not reports or _truthy(history["last_validation"].iloc[-1] if "last_validation" in history
+                                                 else True)
+        if result.error is None and (status in ("RUNNING", "PAUSED", "PENDING")
+                                     or (interrupted and not last_validation)):  # stopped by the interruption
+            row["status"] = INTERRUPTED if reports else NOT_STARTED
+        elif result.error is not None:
             row["status"] = "failed: " + _error_line(result.error)
-        elif reports and not _truthy(history["last_validation"].iloc[-1] if "last_validation" in history else True):
+        elif not last_validation:
             row["status"] = STOPPED  # the scheduler stopped it before its trainer's last validation
         else:
             row["status"] = "ok"
@@ -615,7 +675,11 @@ def format_summary(summary):
     n_stopped = sum(1 for r in summary["trials"] if r["status"] == STOPPED)
     lines.append(f"{len(summary['trials'])} trials, {n_failed} failed, {n_stopped} stopped early by the scheduler.")
     best = summary["best"]
-    if best is None:
+    if summary.get("interrupted"):
+        unfinished = sum(1 for r in summary["trials"] if r["status"] in (INTERRUPTED, NOT_STARTED))
+        lines += ["", f"The search was interrupted: {unfinished} trial(s) did not finish, so no best configuration is "
+                      f"announced or tested. Continue it with:", "", f"    {summary['resume_command']}"]
+    elif best is None:
         lines.append("No trial reported a validation score: no best configuration.")
     else:
         lines += [
@@ -688,40 +752,32 @@ def main(argv=None):
     args, extra = build_parser().parse_known_args(argv)
     try:
         overrides = parse_overrides(extra)
-        if "," in args.model:
-            raise ConfigError("--tune searches one model at a time: give a single --model")
-        model = get_model(args.model).__name__
-        check_override_keys([model], overrides)
-        config_files = args.config_files.strip().split(" ") if args.config_files else None
-        summary = run_search(
-            model,
-            dataset=args.dataset,
-            config_file_list=config_files,
-            config_dict=overrides,
-            params_file=args.params_file,
-            num_samples=args.num_samples,
-            algo=args.algo,
-            scheduler=args.scheduler,
-            max_t=args.max_t,
-            grace_period=args.grace_period,
-            reduction_factor=args.reduction_factor,
-            cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial,
-            max_concurrent_trials=args.max_concurrent_trials,
-            address=args.address,
-            num_cpus=args.num_cpus,
-            storage_path=args.storage_path,
-            name=args.name,
-            output_file=args.output_file,
-            verbose=args.verbose,
-            search_seed=args.search_seed,
-        )
+        if "resume" in overrides:  # --resume=<search folder> continues an interrupted search
+            summary = resume_search(overrides.pop("resume"), address=args.address, num_cpus=args.num_cpus,
+                                    verbose=args.verbose)
+        else:
+            summary = _search_from_args(args, overrides)
     except ConfigError as e:
         return report_error(e)
     print()
     print(format_summary(summary))
     print(f"(written to {summary['output_file']})")
+    if summary["interrupted"]:
+        return 130
     return 0 if summary["best"] is not None else 1
+
+
+def _search_from_args(args, overrides):
+    if "," in args.model:
+        raise ConfigError("--tune searches one model at a time: give a single --model")
+    model = get_model(args.model).__name__
+    check_override_keys([model], overrides)
+    config_files = args.config_files.strip().split(" ") if args.config_files else None
+    options = {k: getattr(args, k) for k in (
+        "params_file", "num_samples", "algo", "scheduler", "max_t", "grace_period", "reduction_factor",
+        "cpus_per_trial", "gpus_per_trial", "max_concurrent_trials", "address", "num_cpus", "storage_path", "name",
+        "output_file", "verbose", "search_seed")}
+    return run_search(model, dataset=args.dataset, config_file_list=config_files, config_dict=overrides, **options)
 
 
 if __name__ == "__main__":

@@ -364,3 +364,49 @@ def test_recbole_hypertuning_with_a_plugin_model(test_plugin_model, tiny_data_pa
                       fixed_config_file_list=[str(fixed)])
     hp2.run()
     assert list(hp2.params2result) == ["pool_dropout:0.1"]
+
+
+def test_an_interrupted_search_says_so_and_resumes_to_completion(tiny_data_path, tmp_path):
+    """Ctrl-C during the first trial: no best trial is announced or tested, the exit status is not 0, the unfinished
+    trials are listed as such; --resume continues the search (the trial from its last epoch) to the end."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    params = tmp_path / "space.hyper"
+    params.write_text("n_heads choice [1, 2]\n")
+    overrides = [a for a in TINY_OVERRIDES if not a.startswith(("--epochs", "--train_batch_size"))]
+    base = [sys.executable, os.path.join(root, "run_recbole_compress.py"), "--model=SASRec", "--tune"]
+    common = ["--num_cpus=1", "--verbose=0"]
+    argv = base + [f"--dataset=tiny", f"--data_path={tiny_data_path}", f"--params_file={params}",
+                   "--algo=exhaustive", "--scheduler=fifo", "--max_concurrent_trials=1", f"--storage_path={tmp_path}",
+                   "--name=grid", "--epochs=3", "--train_batch_size=8"] + common + overrides
+    env = dict(os.environ, PYTHONPATH=root)
+    proc = subprocess.Popen(argv, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        reports = glob.glob(str(tmp_path / "grid" / "trial_*" / "progress.csv"))
+        if reports and any(len(open(r).read().splitlines()) >= 2 for r in reports):
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    summary = json.loads((tmp_path / "grid" / "trials.json").read_text())
+    assert summary["interrupted"] and summary["best"] is None and summary["best_test_result"] is None
+    statuses = [t["status"] for t in summary["trials"]]
+    assert "ok" not in statuses or len(statuses) == 2
+    assert any(s in ("interrupted", "not started") for s in statuses), statuses
+    assert "Continue it with" in out and "Rerun the best configuration" not in out
+
+    resumed = subprocess.run(base + [f"--resume={tmp_path / 'grid'}"] + common, cwd=str(tmp_path),
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout[-2000:], resumed.stderr[-2000:])
+    summary = json.loads((tmp_path / "grid" / "trials.json").read_text())
+    assert not summary["interrupted"] and summary["best"] is not None
+    assert [t["status"] for t in summary["trials"]] == ["ok", "ok"]
+    for trial in summary["trials"]:  # the trial's own console output is kept in its folder
+        assert glob.glob(os.path.join(trial["trial_dir"], "*stdout*")) or glob.glob(
+            os.path.join(trial["trial_dir"], "*.out"))
