@@ -1,13 +1,20 @@
-"""Side-by-side benchmark: compressed models beside their uncompressed counterparts, on one split.
+"""Side-by-side benchmark: compressed models beside their uncompressed counterparts, on one split, under one
+protocol, with confidence intervals.
 
-    python -m recbole_compress.benchmark --models SASRec,NextItNet,GRU4Rec --epochs 5
-    python -m recbole_compress.benchmark --plan benchmarks/lsan_ml-100k.yaml
+    python -m recbole_compress.benchmark --plan benchmarks/all_five_beauty.yaml --data_path <datasets> --jobs 2
+    python -m recbole_compress.benchmark --models SASRec,NextItNet,GRU4Rec --seeds 2020,2021,2022
     python -m recbole_compress.benchmark --models LSAN,SASRec --dataset beauty --data_path ../datasets --use_context=False
 
-Every entry trains with the same ``epochs`` / ``stopping_step`` and the same seeds, through the plugin's Config and
-trainers (RecBole's data pipeline and full-ranking evaluator), and is reported with:
+Every entry trains under the same protocol (``properties/preset/benchmark_protocol.yaml``, chosen by measurement,
+see docs/benchmarks/protocol.md: batch size, learning rate, early stopping on valid NDCG@10 with a patience, a cap on
+epochs that is rarely reached, best-epoch reload) and the same seeds, through the run layer (RecBole's data pipeline
+and full-ranking evaluator), and is reported with:
 
-- test NDCG@10, HR@10, MRR@10 of the best validation epoch (mean and standard deviation over seeds);
+- test NDCG@10, HR@10, MRR@10 of the best validation epoch (mean and standard deviation over seeds), the epochs each
+  seed ran and whether early stopping (not the cap) ended it;
+- against its counterpart: the ratio of mean test NDCG@10 with a 95 % bootstrap interval over seeds and the same
+  test users (:mod:`recbole_compress.intervals`; per-user test ranks are kept in ``results.json``), and a verdict
+  on the entry's ``goal`` (``met`` / ``missed`` / ``within noise``);
 - parameter count and state_dict bytes, and both as a ratio of the entry's counterpart;
 - training seconds per epoch (mean over the epochs run);
 - full-ranking inference time per batch of test users, timed in one process for every entry, interleaved with the
@@ -15,21 +22,27 @@ trainers (RecBole's data pipeline and full-ranking evaluator), and is reported w
 - peak memory of one training step and of one inference batch, as the model's own allocations during the call
   (:func:`recbole_compress.profiling.peak_memory`), not the process's resident size.
 
-Results go to ``<output_dir>/results.json``, ``results.md`` and ``pareto.png`` (NDCG@10 against parameters). A run
-that is interrupted resumes: finished (entry, seed) trainings whose settings are unchanged are not redone.
+Results go to ``<output_dir>/results.json``, ``results.md``, ``pareto.png`` (NDCG@10 against parameters) and
+``pareto_inference.png`` (against inference time). A plan survives a stop: finished (entry, seed) trainings whose
+settings are unchanged are not redone, and an (entry, seed) interrupted in the middle of its training continues from
+its last complete epoch (the run layer's exact resume), so the plan ends with the same numbers as an uninterrupted
+one. ``--jobs 2`` trains two (entry, seed) pairs at a time, each in its own process with one thread; the timing
+after training stays in one process.
 
 A plan file (YAML) names entries with their own settings::
 
     dataset: ml-100k
     data_path: ~                # folder holding <dataset>/<dataset>.inter (not needed for ml-100k)
-    epochs: 5
-    stopping_step: 3
-    seeds: [2020]
+    seeds: [2020, 2021, 2022]
+    protocol: ~                 # a protocol preset file (default properties/preset/benchmark_protocol.yaml)
+    epochs: ~                   # the protocol's cap and patience, unless set here
+    stopping_step: ~
     counterpart: SASRec         # default counterpart label
-    config: {}                  # overrides for every entry
+    goal: {ndcg@10_ratio: 0.95} # default goal of a compressed entry against its counterpart
+    config: {}                  # overrides for every entry (each entry gets the keys its model reads)
     entries:
       - {label: SASRec, model: SASRec}
-      - {label: LSAN-m3, model: LSAN, counterpart: SASRec, config: {compression_rate: 3}}
+      - {label: LSAN-m3, model: LSAN, counterpart: SASRec, config: {compression_rate: 3}, goal: {ndcg@10_ratio: 0.95}}
 
 Optional model hooks: ``param_breakdown()`` (dict) and ``benchmark_report()`` (dict of extra figures) are recorded.
 A trainer with ``phase_checkpoints = {"teacher": path}`` (teacher-student models) adds the row ``<label>/teacher``,
@@ -40,41 +53,62 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import os
 import statistics
 import sys
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from logging import getLogger
 
 import torch
 import yaml
 
+from recbole_compress import properties_path
+from recbole_compress.benchmark_report import RESULTS_VERSION, summarise, write_outputs
 from recbole_compress.checkpoint import to_plain
-from recbole_compress.commandline import parse_value
+from recbole_compress.commandline import parse_value, quiet_known_noise
 from recbole_compress.errors import ConfigError
 from recbole_compress.registry import get_model
 
-METRICS = ("ndcg@10", "hit@10", "mrr@10")
-RESULTS_VERSION = 1
+PROTOCOL_FILE = ("preset", "benchmark_protocol.yaml")
+#: protocol keys that are plan fields (the rest go into every entry's config)
+PLAN_FIELDS = ("epochs", "stopping_step")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # plan
 # ----------------------------------------------------------------------------------------------------------------
 
-def build_plan(args, extra):
+def _read_yaml(path, what):
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def _apply_protocol(plan):
+    """The protocol preset's settings under the plan's: cap and patience as plan fields, the rest as the config
+    every entry starts from (an entry may still override a key, visibly, in its own config)."""
+    path = plan.get("protocol") or properties_path(*PROTOCOL_FILE)
+    protocol = _read_yaml(path, "protocol file")
+    plan["protocol_file"] = os.path.relpath(path) if os.path.isabs(path) else path
+    for key in PLAN_FIELDS:
+        if plan.get(key) is None:
+            plan[key] = protocol.get(key)
+    plan["protocol_config"] = {k: v for k, v in protocol.items() if k not in PLAN_FIELDS}
+    plan["valid_metric"] = protocol.get("valid_metric", "NDCG@10")
+
+
+def _plan_from_args(args, extra):
     plan = {}
     if args.plan:
-        if not os.path.isfile(args.plan):
-            raise ConfigError(f"plan file {args.plan!r} does not exist (--plan)")
-        with open(args.plan, encoding="utf-8") as f:
-            plan = yaml.safe_load(f) or {}
+        plan = _read_yaml(args.plan, "plan file")
         plan.setdefault("name", os.path.splitext(os.path.basename(args.plan))[0])
     if args.models:
         plan["entries"] = [{"label": m.strip(), "model": m.strip()} for m in args.models.split(",") if m.strip()]
-    for key in ("dataset", "data_path", "epochs", "stopping_step", "counterpart", "infer_batch_users", "infer_batches"):
+    for key in ("dataset", "data_path", "epochs", "stopping_step", "counterpart", "infer_batch_users", "infer_batches",
+                "protocol"):
         value = getattr(args, key)
         if value is not None:
             plan[key] = value
@@ -89,15 +123,10 @@ def build_plan(args, extra):
         key, value = arg[2:].split("=", 1)
         config[key] = parse_value(value)
     plan["config"] = config
-    plan.setdefault("dataset", "ml-100k")
-    plan.setdefault("data_path", None)
-    plan.setdefault("epochs", 5)
-    plan.setdefault("stopping_step", 3)
-    plan.setdefault("seeds", [2020])
-    plan.setdefault("infer_batch_users", 256)
-    plan.setdefault("infer_batches", 4)
-    plan.setdefault("config_files", [])
-    plan.setdefault("name", plan["dataset"])
+    return plan
+
+
+def _resolve_entries(plan):
     entries = plan.get("entries") or []
     if not entries:
         raise ConfigError("no models to benchmark: give --models A,B or a --plan file with entries")
@@ -119,6 +148,21 @@ def build_plan(args, extra):
             if cp not in labels and cp != "teacher":
                 cp = default_cp
         entry["counterpart"] = f"{entry['label']}/teacher" if cp == "teacher" else cp
+
+
+def build_plan(args, extra):
+    """The plan of a benchmark run: the plan file (if any), the command line over it, the protocol preset under
+    both; every entry resolved (model class name, label, counterpart)."""
+    plan = _plan_from_args(args, extra)
+    plan.setdefault("dataset", "ml-100k")
+    plan.setdefault("data_path", None)
+    plan.setdefault("seeds", [2020, 2021, 2022])
+    plan.setdefault("infer_batch_users", 256)
+    plan.setdefault("infer_batches", 4)
+    plan.setdefault("config_files", [])
+    plan.setdefault("name", plan["dataset"])
+    _apply_protocol(plan)
+    _resolve_entries(plan)
     for file in plan["config_files"]:
         if not os.path.isfile(file):
             raise ConfigError(f"config file {file!r} does not exist")
@@ -127,31 +171,38 @@ def build_plan(args, extra):
     return plan
 
 
+def _slug(text):
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in text)
+
+
+def entry_folder(output_dir, entry, seed):
+    """The checkpoint folder of one (entry, seed): its best and last checkpoints, and its resume marker."""
+    return os.path.join(output_dir, "checkpoints", _slug(f"{entry['label']}@{seed}"))
+
+
 def entry_config(plan, entry, seed, output_dir):
-    """The config_dict of one (entry, seed): the plan's settings that the entry's model reads (a plan-wide key such
-    as ``hidden_size`` applies to the entries that have it), the entry's own settings, and the plan's budget."""
+    """The config_dict of one (entry, seed): the protocol's settings, the plan's settings that the entry's model
+    reads (a plan-wide key such as ``hidden_size`` applies to the entries that have it), the entry's own settings,
+    and the plan's budget and seed."""
     from recbole_compress.commandline import keys_of_models
 
     own = dict(entry["config"])
-    reads = keys_of_models([entry["model"]], dict(plan["config"], **own))[entry["model"]]
-    cfg = {k: copy.deepcopy(v) for k, v in plan["config"].items() if k in reads}
+    shared = dict(plan["protocol_config"], **plan["config"])
+    reads = keys_of_models([entry["model"]], dict(shared, **own))[entry["model"]]
+    cfg = {k: copy.deepcopy(v) for k, v in shared.items() if k in reads}
     cfg.update(copy.deepcopy(own))
-    cfg.update(
-        {
-            "epochs": plan["epochs"],
-            "stopping_step": plan["stopping_step"],
-            "seed": seed,
-            "checkpoint_dir": os.path.join(output_dir, "checkpoints"),
-            "show_progress": False,
-        }
-    )
+    cfg.update({"epochs": plan["epochs"], "stopping_step": plan["stopping_step"], "seed": seed,
+                "checkpoint_dir": entry_folder(output_dir, entry, seed), "show_progress": False})
     if plan["data_path"]:
         cfg["data_path"] = plan["data_path"]
     return cfg
 
 
-def _hash(obj):
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def settings_hash(plan, entry):
+    """What an (entry, seed) result depends on: reused only while this is unchanged."""
+    settings = {"entry": entry, "plan": {k: plan.get(k) for k in ("dataset", "data_path", "epochs", "stopping_step",
+                                                                   "config", "config_files", "protocol_config")}}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,31 +241,76 @@ def _model_extras(model):
     return extras
 
 
-def train_entry(plan, entry, seed, output_dir):
-    """Train one (entry, seed), reload its best epoch, evaluate it on the test split; returns its records."""
+def test_ranks(trainer):
+    """The 0-based rank of each test user's item in the top k of the last evaluation (-1: not in the top k), in the
+    order of the test loader, from what RecBole's evaluator received (``rec.topk``)."""
+    struct = trainer.last_eval_struct
+    if struct is None or "rec.topk" not in struct:
+        return None
+    hits = struct.get("rec.topk")[:, :-1].bool()
+    first = hits.to(torch.int64).argmax(dim=1)
+    return torch.where(hits.any(dim=1), first, torch.full_like(first, -1)).tolist()
+
+
+def test_users(data):
+    """The original ids of the test users, in the order the test loader gives them."""
+    uid_field = data.dataset.uid_field
+    uids = torch.cat([batch[0][uid_field] for batch in data.test]).tolist()
+    return [str(t) for t in data.dataset.id2token(uid_field, uids)]
+
+
+def _marker(folder):
+    return os.path.join(folder, "in_progress.json")
+
+
+def _resume_point(folder, digest):
+    """The last complete epoch of an interrupted training of this (entry, seed) with these settings, if any."""
+    try:
+        with open(_marker(folder), encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    last = marker.get("last_file")
+    return last if marker.get("settings_hash") == digest and last and os.path.isfile(last) else None
+
+
+def _mark_in_progress(folder, digest, trainer):
+    os.makedirs(folder, exist_ok=True)
+    with open(_marker(folder), "w", encoding="utf-8") as f:
+        json.dump({"settings_hash": digest, "last_file": trainer.last_model_file}, f)
+
+
+def train_entry(plan, entry, seed, output_dir, digest=None):
+    """Train one (entry, seed) (continuing an interrupted training of it), reload its best epoch, evaluate it on the
+    test split; returns its records (and the teacher's, for a teacher-student entry)."""
     from recbole_compress.logs import start_logging
     from recbole_compress.profiling import count_parameters, state_dict_bytes
     from recbole_compress.run import build, fit_and_test, make_config
 
+    digest = digest or settings_hash(plan, entry)
     cfg = entry_config(plan, entry, seed, output_dir)
+    resume = _resume_point(cfg["checkpoint_dir"], digest)
+    if resume:
+        cfg["resume"] = resume
     config = make_config(entry["model"], plan["dataset"], plan["config_files"] or None, cfg, read_cmd_line=False)
     start_logging(config)
-    getLogger().info(f"benchmark: training {entry['label']} ({entry['model']}), seed {seed}")
+    getLogger().info(f"benchmark: training {entry['label']} ({entry['model']}), seed {seed}"
+                     + (f", continuing from {resume}" if resume else ""))
     run = build(config)
+    _mark_in_progress(cfg["checkpoint_dir"], digest, run.trainer)
     start = time.perf_counter()
     result = fit_and_test(run, saved=True, show_progress=False)
-    fit_seconds = time.perf_counter() - start
     trainer, model = run.trainer, run.model
-    epoch_times = trainer.epoch_seconds
     record = {
-        "label": entry["label"],
-        "model": entry["model"],
-        "seed": seed,
+        "label": entry["label"], "model": entry["model"], "seed": seed,
         "test_result": {k: float(v) for k, v in result["test_result"].items()},
+        "test_ranks": test_ranks(trainer),
         "best_valid_score": float(result["best_valid_score"]),
-        "epochs_run": len(epoch_times),
-        "train_seconds_per_epoch": statistics.mean(epoch_times) if epoch_times else None,
-        "fit_seconds": fit_seconds,
+        "epochs_run": len(trainer.train_loss_dict),
+        "stopped_by": "early stopping" if trainer.cur_step > trainer.stopping_step else "epoch cap",
+        "train_seconds_per_epoch": statistics.mean(trainer.epoch_seconds) if trainer.epoch_seconds else None,
+        "fit_seconds": time.perf_counter() - start,
+        "resumed_from": resume,
         "checkpoint": trainer.saved_model_file,
         "params": count_parameters(model),
         "state_dict_bytes": state_dict_bytes(model),
@@ -225,7 +321,7 @@ def train_entry(plan, entry, seed, output_dir):
     records = [record]
     if phases.get("teacher"):
         records.append(_teacher_record(entry, seed, run, phases["teacher"]))
-    return records
+    return records, test_users(run.data)
 
 
 def _teacher_record(entry, seed, run, teacher_path):
@@ -235,16 +331,17 @@ def _teacher_record(entry, seed, run, teacher_path):
     from recbole_compress.trainer import Trainer
 
     teacher = restore(teacher_path, run.data, run.config["device"])
-    teacher_test = Trainer(teacher.config, teacher.model).evaluate(run.data.test, load_best_model=False)
+    evaluator = Trainer(teacher.config, teacher.model)
+    teacher_test = evaluator.evaluate(run.data.test, load_best_model=False)
     info = getattr(run.trainer, "teacher_info", None) or {}
     record = {
-        "label": f"{entry['label']}/teacher",
-        "model": teacher.config["model"],
-        "seed": seed,
+        "label": f"{entry['label']}/teacher", "model": teacher.config["model"], "seed": seed,
         "test_result": {k: float(v) for k, v in teacher_test.items()},
+        "test_ranks": test_ranks(evaluator),
         "best_valid_score": float(info["best_valid_score"]) if info.get("best_valid_score") is not None else None,
-        "epochs_run": None,
+        "epochs_run": info.get("epochs_run"), "stopped_by": info.get("stopped_by"),
         "train_seconds_per_epoch": info.get("train_seconds_per_epoch"),
+        "fit_seconds": info.get("fit_seconds"),
         "checkpoint": teacher_path,
         "params": count_parameters(teacher.model),
         "state_dict_bytes": state_dict_bytes(teacher.model),
@@ -253,6 +350,13 @@ def _teacher_record(entry, seed, run, teacher_path):
     }
     record.update(_model_extras(teacher.model))
     return record
+
+
+def _train_in_worker(plan, entry, seed, output_dir, digest):
+    """One (entry, seed) in a worker process of ``--jobs N``: one thread, RecBole's noise filtered."""
+    torch.set_num_threads(1)
+    quiet_known_noise()
+    return train_entry(plan, entry, seed, output_dir, digest)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -355,135 +459,6 @@ def measure(plan, runs, repeats=5):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# report
-# ----------------------------------------------------------------------------------------------------------------
-
-def summarise(plan, runs, measured):
-    """One summary row per label: metrics over seeds, sizes, speeds, and ratios against the counterpart."""
-    labels = []
-    for entry in plan["entries"]:
-        labels.append(entry["label"])
-        if any(r["label"] == f"{entry['label']}/teacher" for r in runs.values()):
-            labels.append(f"{entry['label']}/teacher")
-    counterparts = {e["label"]: e["counterpart"] for e in plan["entries"]}
-    rows = {}
-    for label in labels:
-        recs = [r for r in runs.values() if r["label"] == label]
-        if not recs:
-            continue
-        row = {"label": label, "model": recs[0]["model"], "counterpart": counterparts.get(label), "seeds": len(recs)}
-        for metric in METRICS:
-            values = [r["test_result"].get(metric) for r in recs if r["test_result"].get(metric) is not None]
-            if values:
-                row[metric] = statistics.mean(values)
-                row[metric + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        first = recs[0]
-        for key in ("params", "state_dict_bytes", "param_breakdown", "benchmark_report", "checkpoint", "epochs_run"):
-            if key in first:
-                row[key] = first[key]
-        epochs = [r["train_seconds_per_epoch"] for r in recs if r.get("train_seconds_per_epoch")]
-        row["train_seconds_per_epoch"] = statistics.mean(epochs) if epochs else None
-        row.update(measured.get(label, {}))
-        rows[label] = row
-    for row in rows.values():
-        cp = rows.get(row.get("counterpart"))
-        if cp is None or cp is row:
-            continue
-        row["params_ratio"] = row["params"] / cp["params"]
-        row["bytes_ratio"] = row["state_dict_bytes"] / cp["state_dict_bytes"]
-        if row.get("train_seconds_per_epoch") and cp.get("train_seconds_per_epoch"):
-            row["train_time_ratio"] = row["train_seconds_per_epoch"] / cp["train_seconds_per_epoch"]
-        for metric in METRICS:
-            if row.get(metric) is not None and cp.get(metric):
-                row[metric + "_ratio"] = row[metric] / cp[metric]
-    return list(rows.values())
-
-
-def _fmt(value, digits=4):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(plan, rows):
-    multi = len(plan["seeds"]) > 1
-    head = ["model", "vs", "NDCG@10", "HR@10", "MRR@10", "params", "× params", "state_dict MB", "train s/epoch",
-            "× train", "infer ms/batch", "× infer", "train peak MB", "infer peak MB", "epochs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    for r in rows:
-        def metric(m):
-            if r.get(m) is None:
-                return "–"
-            return f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if multi else f"{r[m]:.4f}"
-
-        mb = lambda b: "–" if b is None else f"{b / 2**20:.2f}"  # noqa: E731
-        cells = [
-            r["label"], r.get("counterpart") if r.get("counterpart") != r["label"] else "–",
-            metric("ndcg@10"), metric("hit@10"), metric("mrr@10"),
-            f"{r['params']:,}", _fmt(r.get("params_ratio"), 3), mb(r.get("state_dict_bytes")),
-            _fmt(r.get("train_seconds_per_epoch"), 1), _fmt(r.get("train_time_ratio"), 2),
-            _fmt(r.get("infer_ms_per_batch"), 1), _fmt(r.get("infer_ratio"), 2),
-            mb(r.get("train_peak_bytes")), mb(r.get("infer_peak_bytes")), _fmt(r.get("epochs_run")),
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
-
-
-def pareto_plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [(r["params"], r["ndcg@10"], r["label"]) for r in rows if r.get("ndcg@10") is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for x, y, label in points:
-        ax.scatter([x], [y], s=30)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    # the Pareto front: no other model is both smaller and better
-    front = sorted((x, y) for x, y, _ in points if not any(x2 <= x and y2 > y or x2 < x and y2 >= y for x2, y2, _ in points))
-    if len(front) > 1:
-        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="grey", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (log scale)")
-    ax.set_ylabel("test NDCG@10")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_outputs(plan, runs, rows, output_dir, command):
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump({"version": RESULTS_VERSION, "plan": plan, "command": command, "runs": runs, "summary": rows},
-                  f, indent=2, default=str)
-    epochs = f"epochs={plan['epochs']}, stopping_step={plan['stopping_step']}, seeds={plan['seeds']}"
-    text = (
-        f"# Benchmark: {plan['name']} (dataset {plan['dataset']})\n\n"
-        f"Command: `{command}`\n\nBudget: {epochs}. Test metrics at the best validation epoch "
-        f"(full ranking, leave-one-out, RecBole's sequential protocol). × = ratio of the counterpart (vs). "
-        f"Inference: {plan['infer_batches']} batches of {plan['infer_batch_users']} test users, timed in one "
-        f"process interleaved with the counterpart. Peak MB: the model's own allocations during one training step / "
-        f"one inference batch.\n\n" + markdown_table(plan, rows) + "\n"
-    )
-    extra = [r for r in rows if r.get("param_breakdown") or r.get("benchmark_report")]
-    if extra:
-        text += "\nModel reports:\n\n"
-        for r in extra:
-            if r.get("param_breakdown"):
-                text += f"- {r['label']} parameters: {json.dumps(r['param_breakdown'])}\n"
-            if r.get("benchmark_report"):
-                text += f"- {r['label']} report: {json.dumps(r['benchmark_report'])}\n"
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(text)
-    pareto_plot(rows, os.path.join(output_dir, "pareto.png"), f"{plan['name']}: NDCG@10 vs size")
-    return text
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -493,88 +468,147 @@ def build_parser():
     p.add_argument("--models", help="comma-separated models (each its own entry), instead of or over --plan entries")
     p.add_argument("--dataset", help="dataset name (default ml-100k)")
     p.add_argument("--data_path", help="folder holding <dataset>/<dataset>.inter (not needed for ml-100k)")
-    p.add_argument("--epochs", type=int, help="epochs for every model (default 5)")
-    p.add_argument("--stopping_step", type=int, help="early-stopping patience for every model (default 3)")
-    p.add_argument("--seeds", help="comma-separated seeds (default 2020)")
+    p.add_argument("--protocol", help="protocol preset file (default properties/preset/benchmark_protocol.yaml)")
+    p.add_argument("--epochs", type=int, help="epoch cap for every model (default: the protocol's)")
+    p.add_argument("--stopping_step", type=int, help="early-stopping patience for every model (default: the protocol's)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 2020,2021,2022)")
     p.add_argument("--counterpart", help="default counterpart label (default: the first entry)")
     p.add_argument("--config_files", help="config files for every entry, separated by spaces")
     p.add_argument("--infer_batch_users", type=int, help="test users per timed inference batch (default 256)")
     p.add_argument("--infer_batches", type=int, help="timed inference batches (default 4)")
     p.add_argument("--repeats", type=int, default=5, help="timing repeats (median is reported)")
+    p.add_argument("--jobs", type=int, default=1, help="(entry, seed) trainings at a time, one thread each (default 1)")
     p.add_argument("--output_dir", help="results folder (default benchmark_results/<plan name>)")
     return p
 
 
+def check_plan(plan, output_dir):
+    """Every entry's configuration, checked before the first one trains."""
+    from recbole_compress.commandline import check_override_keys
+    from recbole_compress.preflight import check_data_rules_early
+    from recbole_compress.run import make_config
+
+    check_override_keys([e["model"] for e in plan["entries"]], plan["config"],
+                        strict=plan["config"].get("strict_config_keys", True) is not False)
+    for entry in plan["entries"]:
+        config = make_config(entry["model"], plan["dataset"], plan["config_files"] or None,
+                             entry_config(plan, entry, plan["seeds"][0], output_dir), read_cmd_line=False)
+        check_data_rules_early(config)
+
+
+class Results:
+    """The (entry, seed) records of a plan, saved after every training so that a stopped plan resumes."""
+
+    def __init__(self, plan, path):
+        self.plan, self.path = plan, path
+        self.runs, self.test_users = {}, None
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+            self.runs, self.test_users = saved.get("runs", {}), saved.get("test_users")
+
+    def done(self, key, digest):
+        run = self.runs.get(key)
+        return bool(run and run.get("settings_hash") == digest and not run.get("error")
+                    and os.path.isfile(run.get("checkpoint", "")))
+
+    def add(self, entry, seed, digest, records, users):
+        if self.test_users is None:
+            self.test_users = users
+        elif users != self.test_users:
+            raise RuntimeError(f"{entry['label']}@{seed} was tested on other users than the plan's first entry")
+        for record in records:
+            record["settings_hash"] = digest
+            record["counterpart"] = entry["counterpart"] if record["label"] == entry["label"] else None
+            self.runs[f"{record['label']}@{seed}"] = record
+        self.save()
+
+    def fail(self, entry, seed, digest, error):
+        self.runs[f"{entry['label']}@{seed}"] = {"label": entry["label"], "model": entry["model"], "seed": seed,
+                                                 "error": error, "test_result": {}, "settings_hash": digest}
+        self.save()
+
+    def save(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"version": RESULTS_VERSION, "plan": self.plan, "test_users": self.test_users,
+                       "runs": self.runs}, f, indent=1, default=str)
+        os.replace(tmp, self.path)
+
+
+def train_all(plan, results, output_dir, jobs):
+    """Every (entry, seed) not done yet, ``jobs`` at a time; returns the failures."""
+    todo = []
+    for entry in plan["entries"]:
+        digest = settings_hash(plan, entry)
+        for seed in plan["seeds"]:
+            key = f"{entry['label']}@{seed}"
+            if results.done(key, digest):
+                print(f"[benchmark] {key}: done in an earlier run, reused", flush=True)
+            else:
+                todo.append((entry, seed, digest))
+    failures = []
+
+    def finished(entry, seed, digest, outcome=None, error=None):
+        key = f"{entry['label']}@{seed}"
+        if error is not None:
+            failures.append(f"{key}: {error}")
+            results.fail(entry, seed, digest, error)
+        else:
+            results.add(entry, seed, digest, *outcome)
+            print(f"[benchmark] {key}: done", flush=True)
+
+    if jobs <= 1:
+        for entry, seed, digest in todo:
+            print(f"[benchmark] {entry['label']}@{seed}: training", flush=True)
+            try:
+                finished(entry, seed, digest, train_entry(plan, entry, seed, output_dir, digest))
+            except Exception as e:
+                traceback.print_exc()
+                finished(entry, seed, digest, error=f"{type(e).__name__}: {e}")
+        return failures
+    import multiprocessing
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_in_worker, plan, e, s, output_dir, d): (e, s, d) for e, s, d in todo}
+        print(f"[benchmark] training {len(todo)} (entry, seed) pairs, {jobs} at a time", flush=True)
+        for future in as_completed(futures):
+            entry, seed, digest = futures[future]
+            try:
+                finished(entry, seed, digest, future.result())
+            except Exception as e:
+                finished(entry, seed, digest, error=f"{type(e).__name__}: {e}")
+    return failures
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    quiet_known_noise()
     args, extra = build_parser().parse_known_args(argv)
     command = "python -m recbole_compress.benchmark " + " ".join(argv)
     try:
         plan = build_plan(args, extra)
+        output_dir = args.output_dir or os.path.join("benchmark_results", plan["name"])
+        check_plan(plan, output_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    output_dir = args.output_dir or os.path.join("benchmark_results", plan["name"])
     os.makedirs(output_dir, exist_ok=True)
-    results_file = os.path.join(output_dir, "results.json")
-    runs = {}
-    if os.path.isfile(results_file):
-        with open(results_file) as f:
-            runs = json.load(f).get("runs", {})
-
-    # every entry's configuration is checked before the first one trains
+    results = Results(plan, os.path.join(output_dir, "results.json"))
     try:
-        from recbole_compress.commandline import check_override_keys
-        from recbole_compress.preflight import check_data_rules_early
-        from recbole_compress.run import make_config
-
-        check_override_keys([e["model"] for e in plan["entries"]], plan["config"],
-                            strict=plan["config"].get("strict_config_keys", True) is not False)
-        for entry in plan["entries"]:
-            config = make_config(entry["model"], plan["dataset"], plan["config_files"] or None,
-                                 entry_config(plan, entry, plan["seeds"][0], output_dir), read_cmd_line=False)
-            check_data_rules_early(config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    failures = []
-    for entry in plan["entries"]:
-        for seed in plan["seeds"]:
-            key = f"{entry['label']}@{seed}"
-            settings = {"entry": entry, "plan": {k: plan[k] for k in ("dataset", "data_path", "epochs",
-                                                                        "stopping_step", "config", "config_files")}}
-            digest = _hash(settings)
-            done = runs.get(key)
-            if done and done.get("settings_hash") == digest and os.path.isfile(done.get("checkpoint", "")):
-                print(f"[benchmark] {key}: done in an earlier run, reused", flush=True)
-                continue
-            print(f"[benchmark] {key}: training", flush=True)
-            try:
-                records = train_entry(plan, entry, seed, output_dir)
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:
-                traceback.print_exc()
-                failures.append(f"{key}: {type(e).__name__}: {e}")
-                runs[key] = {"label": entry["label"], "model": entry["model"], "seed": seed,
-                             "error": f"{type(e).__name__}: {e}", "test_result": {}, "settings_hash": digest}
-                continue
-            for record in records:
-                record["settings_hash"] = digest
-                record["counterpart"] = entry["counterpart"] if record["label"] == entry["label"] else None
-                runs[f"{record['label']}@{seed}"] = record
-            with open(results_file, "w") as f:  # saved after every training: an interrupted run resumes here
-                json.dump({"version": RESULTS_VERSION, "plan": plan, "runs": runs}, f, indent=2, default=str)
-
-    good = {k: v for k, v in runs.items() if not v.get("error") and v["label"] in
-            {e["label"] for e in plan["entries"]} | {e["label"] + "/teacher" for e in plan["entries"]}}
+        failures = train_all(plan, results, output_dir, args.jobs)
+    except KeyboardInterrupt:
+        print(f"\n[benchmark] interrupted: finished trainings are in {results.path}; an interrupted one continues "
+              f"from its last epoch when you run the same command again", file=sys.stderr)
+        return 130
+    labels = {e["label"] for e in plan["entries"]} | {e["label"] + "/teacher" for e in plan["entries"]}
+    good = {k: v for k, v in results.runs.items() if not v.get("error") and v["label"] in labels}
     print("[benchmark] measuring inference time and memory", flush=True)
     measured = measure(plan, good, repeats=args.repeats)
     rows = summarise(plan, good, measured)
-    text = write_outputs(plan, runs, rows, output_dir, command)
+    text = write_outputs(plan, results.runs, rows, output_dir, command, results.test_users)
     print(text)
-    print(f"[benchmark] wrote {output_dir}/results.json, results.md, pareto.png")
+    print(f"[benchmark] wrote {output_dir}/results.json, results.md, pareto.png, pareto_inference.png")
     if failures:
         print("[benchmark] FAILED runs:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

@@ -104,12 +104,15 @@ def _pickle_content(path):
     import pickletools
 
     with open(path, "rb") as f:
-        try:
-            for opcode, arg, _ in pickletools.genops(f):
-                if opcode.name in _UNSAFE_OPCODES:
-                    return "unsafe", f"{opcode.name} {arg}" if arg is not None else opcode.name
+        try:  # the whole file must be one pickle (random bytes can start with valid opcodes)
+            opcodes = [(opcode.name, arg) for opcode, arg, _ in pickletools.genops(f)]
         except Exception:  # not a pickle stream
             return "unknown", None
+        if f.read(1):  # bytes after the pickle's end
+            return "unknown", None
+    for name, arg in opcodes:
+        if name in _UNSAFE_OPCODES:
+            return "unsafe", f"{name} {arg}" if arg is not None else name
     return "plain", None
 
 

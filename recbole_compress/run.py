@@ -11,6 +11,7 @@ dataset and its split are made after ``init_seed(seed)``, the model after ``init
     restored = restore(result["checkpoint"])   # the trained model again, on the same data
 """
 import os
+import time
 from logging import getLogger
 
 import torch
@@ -228,15 +229,19 @@ class PhaseRunner:
         phase = self.build(prefix)
         self.logger.info(set_color(f"Phase {name}", "green")
                          + f": training {phase.config['model']} for up to {phase.config['epochs']} epochs")
+        start = time.perf_counter()
         best_score, best_result = phase.trainer.fit(phase.data.train, phase.data.valid, verbose=verbose, saved=True,
                                                     show_progress=show_progress)
+        fit_seconds = time.perf_counter() - start
         path = phase.trainer.saved_model_file
         load_model_state(phase.model, load_checkpoint(path, map_location=phase.config["device"]), repr(path))
         phase.model.eval()
         self.logger.info(set_color(f"Phase {name} done", "green") + f": best valid {best_score} saved in {path}")
-        seconds = phase.trainer.epoch_seconds
+        trainer, seconds = phase.trainer, phase.trainer.epoch_seconds
         return phase.model, {"checkpoint": path, "trained": True, "model": phase.config["model"],
                              "best_valid_score": best_score, "best_valid_result": best_result,
+                             "epochs_run": len(trainer.train_loss_dict), "fit_seconds": fit_seconds,
+                             "stopped_by": "early stopping" if trainer.cur_step > trainer.stopping_step else "epoch cap",
                              "train_seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
 
 

@@ -2,43 +2,106 @@
 import json
 import os
 
+import numpy as np
+import pytest
+import torch
+
 from recbole_compress.benchmark import main
+from recbole_compress.intervals import ndcg_from_ranks
 from recbole_compress.profiling import count_parameters, peak_memory, state_dict_bytes
 
-import torch
+
+def _args(tiny_data_path, out, *extra):
+    return [
+        "--models", "SASRec,GRU4Rec", "--dataset", "tiny", "--data_path", tiny_data_path, "--epochs", "2",
+        "--output_dir", str(out), "--infer_batch_users", "16", "--infer_batches", "2", "--repeats", "2",
+        "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--hidden_size=8", "--embedding_size=8",
+        "--inner_size=16", "--MAX_ITEM_LIST_LENGTH=10", "--state=ERROR", "--train_batch_size=64", *extra,
+    ]
 
 
 def test_benchmark_two_tiny_models(tiny_data_path, tmp_path, capsys):
     out = tmp_path / "bench"
-    args = [
-        "--models", "SASRec,GRU4Rec", "--dataset", "tiny", "--data_path", tiny_data_path, "--epochs", "1",
-        "--output_dir", str(out), "--infer_batch_users", "16", "--infer_batches", "2", "--repeats", "2",
-        "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--hidden_size=8", "--embedding_size=8",
-        "--inner_size=16", "--MAX_ITEM_LIST_LENGTH=10", "--state=ERROR", "--train_batch_size=64",
-    ]
+    args = _args(tiny_data_path, out, "--seeds", "2020,2021")
     assert main(args) == 0
-    for name in ("results.json", "results.md", "pareto.png"):
+    for name in ("results.json", "results.md", "pareto.png", "pareto_inference.png"):
         assert (out / name).stat().st_size > 0
     with open(out / "results.json") as f:
         results = json.load(f)
     rows = {r["label"]: r for r in results["summary"]}
     sas, gru = rows["SASRec"], rows["GRU4Rec"]
-    assert gru["counterpart"] == "SASRec"
+    assert gru["counterpart"] == "SASRec" and sas["seeds"] == gru["seeds"] == 2
     assert abs(gru["params_ratio"] - gru["params"] / sas["params"]) < 1e-12
     assert abs(gru["bytes_ratio"] - gru["state_dict_bytes"] / sas["state_dict_bytes"]) < 1e-12
     for row in (sas, gru):
         assert 0 <= row["ndcg@10"] <= 1 and row["infer_ms_per_batch"] > 0
         assert row["train_peak_bytes"] > 0 and row["infer_peak_bytes"] > 0 and row["train_seconds_per_epoch"] > 0
+        assert len(row["epochs_run"]) == 2 and all(s in ("early stopping", "epoch cap") for s in row["stopped_by"])
     assert gru["infer_ratio"] > 0 and "infer_ratio" not in sas
+    # the interval comes from the per-user test ranks kept in the results, which reproduce RecBole's NDCG@10
+    assert gru["ndcg@10_ratio_ci_low"] <= gru["ndcg@10_ratio"] <= gru["ndcg@10_ratio_ci_high"]
+    assert len(results["test_users"]) == 60
+    for run in results["runs"].values():
+        assert np.mean(ndcg_from_ranks(run["test_ranks"])) == pytest.approx(run["test_result"]["ndcg@10"], abs=1e-4)
     with open(out / "results.md") as f:
         table = f.read()
-    assert "| GRU4Rec | SASRec |" in table
+    assert "| GRU4Rec | SASRec |" in table and "95 % CI" in table
 
     # an interrupted run resumes: finished trainings are reused, not redone
     capsys.readouterr()
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "SASRec@2020: done in an earlier run, reused" in printed and "GRU4Rec@2020: done" in printed
+    assert "SASRec@2020: done in an earlier run, reused" in printed and "GRU4Rec@2021: done in an earlier" in printed
+
+
+def test_two_jobs_give_the_numbers_of_one(tiny_data_path, tmp_path):
+    assert main(_args(tiny_data_path, tmp_path / "one", "--seeds", "2020")) == 0
+    assert main(_args(tiny_data_path, tmp_path / "two", "--seeds", "2020", "--jobs", "2")) == 0
+    one, two = (json.load(open(tmp_path / d / "results.json"))["runs"] for d in ("one", "two"))
+    assert set(one) == set(two)
+    for key in one:
+        assert one[key]["test_result"] == two[key]["test_result"]
+        assert one[key]["test_ranks"] == two[key]["test_ranks"]
+
+
+def test_a_plan_stopped_in_the_middle_of_an_entry_ends_with_the_uninterrupted_numbers(tiny_data_path, tmp_path):
+    """The benchmark is killed (SIGKILL) during the second epoch of an entry; run again, it continues that entry
+    from its last complete epoch and ends with the numbers of a plan that was never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    slow = ["--seeds", "2020", "--epochs", "3", "--train_batch_size=4", "--stopping_step", "10"]
+
+    def command(out):
+        args = [a for a in _args(tiny_data_path, out, *slow)
+                if not a.startswith(("--train_batch_size=64", "--embedding_size"))]
+        args[args.index("SASRec,GRU4Rec")] = "SASRec"
+        return [sys.executable, "-m", "recbole_compress.benchmark"] + args
+
+    env = dict(os.environ, PYTHONPATH=root)
+    reference = subprocess.run(command(tmp_path / "ref"), cwd=root, env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    proc = subprocess.Popen(command(tmp_path / "cut"), cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    folder = tmp_path / "cut" / "checkpoints" / "SASRec@2020"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if folder.exists() and any(f.endswith("-last.pth") for f in os.listdir(folder)):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    again = subprocess.run(command(tmp_path / "cut"), cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    ref = json.load(open(tmp_path / "ref" / "results.json"))["runs"]["SASRec@2020"]
+    cut = json.load(open(tmp_path / "cut" / "results.json"))["runs"]["SASRec@2020"]
+    assert cut["resumed_from"] and cut["test_result"] == ref["test_result"] and cut["test_ranks"] == ref["test_ranks"]
+    assert cut["epochs_run"] == ref["epochs_run"] == 3
 
 
 def test_profiling_counts_what_the_call_allocates():

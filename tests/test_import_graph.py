@@ -11,7 +11,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # lower rank = lower layer; a module may import modules of its own rank or below (its own group), never above
 RANKS = [
     (0, ("recbole_compress", "recbole_compress.errors", "recbole_compress.config_keys", "recbole_compress.checkpoint",
-         "recbole_compress.profiling", "recbole_compress.logs")),
+         "recbole_compress.profiling", "recbole_compress.logs", "recbole_compress.intervals")),
     (1, ("recbole_compress.model.layers", "recbole_compress.data")),
     (2, ("recbole_compress.model", "recbole_compress.model.sequential_recommender")),
     (3, ("recbole_compress.export",)),
@@ -22,8 +22,9 @@ RANKS = [
     (8, ("recbole_compress.preflight",)),
     (9, ("recbole_compress.run",)),
     (10, ("recbole_compress.quick_start", "recbole_compress.commandline", "recbole_compress.scaling")),
-    (11, ("recbole_compress.benchmark", "recbole_compress.tune")),
-    (12, ("recbole_compress.cli",)),
+    (11, ("recbole_compress.benchmark_report",)),
+    (12, ("recbole_compress.benchmark", "recbole_compress.tune")),
+    (13, ("recbole_compress.cli",)),
 ]
 
 

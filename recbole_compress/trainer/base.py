@@ -165,6 +165,14 @@ class CheckpointMixin:
         self.last_valid_result = None
         self.last_train_loss = None
         self.epoch_seconds = []  # training seconds of every epoch this trainer ran (validation excluded)
+        self.last_eval_struct = None  # what RecBole's evaluator got last (per-user top-k hits: rec.topk)
+        evaluate = self.evaluator.evaluate
+
+        def keep_struct(struct):
+            self.last_eval_struct = struct
+            return evaluate(struct)
+
+        self.evaluator.evaluate = keep_struct
 
     @property
     def last_model_file(self):
