@@ -13,6 +13,7 @@ Several comma-separated models run one after another on the same split and end w
 that fails is reported with its error and the others still run (the exit status is then 1).
 """
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -56,6 +57,34 @@ def build_parser():
     return parser
 
 
+BUDGET_FILE = ("preset", "cpu_budget.yaml")
+
+
+def cpu_budget(overrides):
+    """On a machine without a GPU: the CPU budget preset (its path and the settings it adds, those the user did not
+    set on the command line), else None. It goes first among the config files, so the user's files win over it."""
+    import torch
+    import yaml
+
+    from recbole_compress import properties_path
+
+    if torch.cuda.is_available():
+        return None
+    path = properties_path(*BUDGET_FILE)
+    with open(path, encoding="utf-8") as f:
+        budget = yaml.safe_load(f) or {}
+    added = {k: v for k, v in budget.items() if k not in overrides}
+    return (path, added) if added else None
+
+
+def announce_budget(budget):
+    path, added = budget
+    settings = ", ".join(f"{k}={v}" for k, v in added.items())
+    print(f"No GPU found: a CPU budget applies ({settings}; from {os.path.relpath(path)}; your config files and "
+          f"--key=value settings win). For RecBole's full budget pass --epochs=300 --stopping_step=10 "
+          f"--train_batch_size=2048 --learning_rate=0.001.", file=sys.stderr, flush=True)
+
+
 def check_run(args, overrides):
     """Every check before any model trains; returns ``(models, config_files, overrides of each model)``: in a
     multi-model run each model gets the overrides it reads.
@@ -72,6 +101,9 @@ def check_run(args, overrides):
         raise ConfigError("--model is empty")
     models = [get_model(m).__name__ for m in models]
     config_files = args.config_files.strip().split(" ") if args.config_files else None
+    budget = cpu_budget(overrides)
+    if budget:
+        config_files = [budget[0]] + (config_files or [])
     strict = str(overrides.get("strict_config_keys", "True")).lower() != "false"
     known = check_override_keys(models, overrides, strict=strict)
     check_distributed_args(args.nproc, args.world_size, args.group_offset)
@@ -80,6 +112,8 @@ def check_run(args, overrides):
         own[model] = {k: v for k, v in overrides.items() if k in known[model] or len(models) == 1}
         config = make_config(model, args.dataset, config_files, command_line=own[model])
         check_data_rules_early(config)
+    if budget:
+        announce_budget(budget)
     return models, config_files, own
 
 
@@ -100,6 +134,11 @@ def run_one(model, args, config_files, overrides):
     row["best_valid_score"] = float(result["best_valid_score"])
     row["valid_metric"] = result.get("valid_metric", "")
     row["checkpoint"] = result.get("checkpoint") or ""
+    row["params"] = f"{result['params']:,}"
+    if result.get("counterpart_size"):
+        name, params = result["counterpart_size"]
+        row["vs"] = f"{name}: {params:,}"
+        row["ratio"] = f"{result['params'] / params:.3f}x"
     row["status"] = "ok"
     return row
 
@@ -108,7 +147,10 @@ def print_table(rows, dataset):
     metric_cols = [(m, "test " + m.upper()) for m in RESULT_METRICS if any(m in r for r in rows)]
     valid = next((r["valid_metric"] for r in rows if r.get("valid_metric")), "")
     columns = [("model", "model")] + metric_cols + [("best_valid_score", f"best valid {valid}".strip()),
-                                                    ("status", "status")]
+                                                    ("params", "params")]
+    if any(r.get("vs") for r in rows):
+        columns += [("vs", "its counterpart's size (same settings)"), ("ratio", "× params")]
+    columns.append(("status", "status"))
     print(f"\nResults on {dataset} (one split for all models):")
     print(format_table(rows, columns))
 

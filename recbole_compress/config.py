@@ -7,9 +7,8 @@ Resolution order of the internal (default) configuration, each later file overri
 2. the plugin's ``properties/overall.yaml``;
 3. the plugin's ``properties/quick_start_config/sequential_base.yaml`` (``train_neg_sample_args: ~``), only for a
    sequential model trained with the CE loss, so that pairwise baselines such as FPMC keep their negative sampling;
-4. the plugin's ``properties/dataset/<dataset>.yaml``;
-5. the plugin's ``properties/model/<Model>.yaml``;
-6. the plugin's ``properties/quick_start_config/<Model>_on_<dataset>.yaml`` (dataset settings one model needs, e.g.
+4. the plugin's ``properties/model/<Model>.yaml``;
+5. the plugin's ``properties/quick_start_config/<Model>_on_<dataset>.yaml`` (dataset settings one model needs, e.g.
    LSAN's item categories on ml-100k), like RecBole's ``special_sequential_on_ml-100k.yaml``.
 
 The external configuration then wins over all of it, as in RecBole: command line > ``config_dict`` > config files.
@@ -136,22 +135,16 @@ class Config(RecBoleConfig):
             model_class, plugin_model_yaml
         ):
             files.append(properties_path("quick_start_config", "sequential_base.yaml"))
-        dataset_file = properties_path("dataset", f"{dataset}.yaml")
-        files += [
-            dataset_file,
-            model_file,
-            properties_path("quick_start_config", f"{model}_on_{dataset}.yaml"),
-        ]
+        files += [model_file, properties_path("quick_start_config", f"{model}_on_{dataset}.yaml")]
         for file in files:
             if os.path.isfile(file):
-                config_dict = self._update_internal_config_dict(file)
-                if file == dataset_file and config_dict:
-                    self.parameters["Dataset"] += [k for k in config_dict if k not in self.parameters["Dataset"]]
+                self._update_internal_config_dict(file)
         self.internal_config_dict["MODEL_TYPE"] = model_class.type
 
 
 def config_from_plain(plain):
-    """A :class:`Config` rebuilt from :func:`recbole_compress.checkpoint.config_to_plain` output, for this machine (its device, one process)."""
+    """A :class:`Config` rebuilt from :func:`recbole_compress.checkpoint.config_to_plain` output, for this machine
+    (its device, one process)."""
     config = Config.__new__(Config)
     config._read_cmd_line, config._command_line = False, None
     config.compatibility_settings()

@@ -187,11 +187,39 @@ def dataset_file_problem(config):
         problems = [p for f in wanted for p in inter_file_problems(f, config)]
         return "\n  ".join(problems) if problems else None
     parent = os.path.dirname(os.path.normpath(path))
+    url = recbole_catalogue().get(dataset)
+    if url and config["download"]:
+        return _reachable_problem(url, dataset)
+    hint = (f" {dataset!r} is in RecBole's catalogue: --download=True lets RecBole download it ({url}; needs "
+            f"internet)." if url else "")
     return (
         f"dataset {dataset!r} not found: {', '.join(missing)} does not exist. Put its RecBole atomic files in "
-        f"<data_path>/{dataset}/ and set data_path (now {parent!r}), e.g. --data_path=/path/to/datasets. "
-        f"recbole-compress never downloads datasets; RecBole's bundled ml-100k needs no data_path."
+        f"<data_path>/{dataset}/ and set data_path (now {parent!r}), e.g. --data_path=/path/to/datasets, or make them "
+        f"from a CSV with python -m recbole_compress.data.atomic_files.{hint} RecBole's bundled ml-100k needs no "
+        f"data_path."
     )
+
+
+def recbole_catalogue():
+    """``{dataset name: download address}`` of RecBole's catalogue (its ``properties/dataset/url.yaml``)."""
+    import recbole
+    import yaml
+
+    path = os.path.join(os.path.dirname(recbole.__file__), "properties", "dataset", "url.yaml")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def _reachable_problem(url, dataset, timeout=10):
+    """None if RecBole's download address answers within ``timeout`` seconds, else a message (offline)."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+        return None
+    except Exception as e:
+        return (f"dataset {dataset!r} is not here and RecBole's download address {url} cannot be reached "
+                f"({type(e).__name__}: {e}); are you offline? Put its atomic files in data_path instead.")
 
 
 def check_config(config, also_known=()):

@@ -11,7 +11,8 @@ from recbole.utils import get_environment, set_color
 
 from recbole_compress.errors import ConfigError
 from recbole_compress.logs import start_logging
-from recbole_compress.run import build, fit_and_test, make_config, restore
+from recbole_compress.profiling import count_parameters
+from recbole_compress.run import build, counterpart_size, fit_and_test, make_config, restore
 
 
 def _log_flops(model, dataset, config, logger):
@@ -65,6 +66,8 @@ def run_recbole_compress(
     logger.info(run.model)
     _log_flops(run.model, run.data.dataset, config, logger)
     result = fit_and_test(run, saved=saved, show_progress=config["show_progress"])
+    result["params"] = count_parameters(run.model)
+    result["counterpart_size"] = counterpart_size(run)
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
     logger.info(set_color("test result", "yellow") + f": {result['test_result']}")

@@ -11,6 +11,7 @@ dataset and its split are made after ``init_seed(seed)``, the model after ``init
     restored = restore(result["checkpoint"])   # the trained model again, on the same data
 """
 import os
+import socket
 import time
 from logging import getLogger
 
@@ -24,6 +25,9 @@ from recbole_compress.errors import CheckpointError, ConfigError, DataError
 from recbole_compress.phases import phase_config
 from recbole_compress.preflight import check_config, check_data, dataset_file_problem
 from recbole_compress.registry import get_model, get_trainer
+
+
+DOWNLOAD_TIMEOUT = 60  # seconds a stalled download of a catalogue dataset waits before it fails
 
 
 class Data:
@@ -66,7 +70,12 @@ def load_data(config):
         ConfigError: a value that does not fit this dataset. DataError: nothing to validate or test on.
     """
     init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # a download of RecBole's catalogue fails clearly, never hangs
+    try:
+        dataset = create_dataset(config)
+    finally:
+        socket.setdefaulttimeout(previous)
     check_data(config, dataset)
     train, valid, test = data_preparation(config, dataset)
     for name, loader in (("validation", valid), ("test", test)):
@@ -243,6 +252,26 @@ class PhaseRunner:
                              "epochs_run": len(trainer.train_loss_dict), "fit_seconds": fit_seconds,
                              "stopped_by": "early stopping" if trainer.cur_step > trainer.stopping_step else "epoch cap",
                              "train_seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
+
+
+def counterpart_size(run):
+    """``(name, parameters)`` of the model a compressed model is measured against (its ``counterpart``): a model
+    built with its own defaults and the run's settings it reads (e.g. the same ``hidden_size``), on the same data;
+    for ``"teacher"`` the run's teacher. None when the model names no counterpart."""
+    from recbole_compress.preflight import run_keys
+    from recbole_compress.profiling import count_parameters
+
+    counterpart = getattr(type(run.model), "counterpart", None)
+    if counterpart == "teacher":
+        teacher = getattr(run.trainer, "teacher", None)
+        return (f"its teacher ({type(teacher).__name__})", count_parameters(teacher)) if teacher is not None else None
+    if counterpart is None:
+        return None
+    cls = get_model(counterpart)
+    reads = run_keys(cls)
+    settings = {k: v for k, v in run.config.external_config_dict.items() if k in reads and k not in ("model",)}
+    config = Config(model=cls, dataset=run.config["dataset"], config_dict=settings, read_cmd_line=False)
+    return cls.__name__, count_parameters(cls(config, run.data.train._dataset))
 
 
 def ensure_threads(num_threads):

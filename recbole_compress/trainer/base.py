@@ -134,6 +134,10 @@ class DistributedMixin:
         return result
 
 
+def _minutes(seconds):
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 class CheckpointMixin:
     """Weights-only checkpoints with the item-mapping fingerprint, a unique file per run, and exact resume.
 
@@ -160,6 +164,7 @@ class CheckpointMixin:
         self._resumed_fingerprint = None
         self._pending_rng = None
         self._fit_start_epoch = 0
+        self._fit_started = time.time()
         self._train_data = None
         self._saved = False
         self.last_valid_result = None
@@ -179,13 +184,28 @@ class CheckpointMixin:
         return last_checkpoint_name(self.saved_model_file)
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
-        if self._saved and epoch_idx > self._fit_start_epoch:
-            self._save_last(epoch_idx - 1)  # the previous epoch is complete (validation and early stopping included)
+        if epoch_idx > self._fit_start_epoch:
+            if self._saved:
+                self._save_last(epoch_idx - 1)  # the previous epoch is complete (validation, early stopping included)
+            self._log_progress(epoch_idx)
         start = time.perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
         self.epoch_seconds.append(time.perf_counter() - start)
         self.last_train_loss = loss
         return loss
+
+    def _log_progress(self, epoch_idx):
+        """Overall progress at the start of an epoch: epochs done of the planned budget, elapsed time, and when the
+        budget would end at this pace (early stopping may end it sooner)."""
+        done = epoch_idx - self._fit_start_epoch
+        elapsed = time.time() - self._fit_started
+        left = (self.epochs - epoch_idx) * elapsed / done
+        end = time.strftime("%H:%M", time.localtime(time.time() + left))
+        self.logger.info(
+            set_color("progress", "blue") + f": epoch {epoch_idx} of {self.epochs} starts; {_minutes(elapsed)} "
+            f"elapsed, at most {_minutes(left)} left (ends by {end}; early stopping after {self.stopping_step} "
+            f"validations without improvement may end it sooner)"
+        )
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
@@ -273,6 +293,13 @@ class CheckpointMixin:
             self._pending_rng = None
         if self.start_epoch >= self.epochs:  # a resumed run that had finished: nothing to train, keep its best file
             return self.best_valid_score, self.best_valid_result
+        self._fit_started = time.time()
+        if verbose:
+            self.logger.info(
+                set_color("budget", "blue") + f": {type(self.model).__name__}, epochs {self.start_epoch}.."
+                f"{self.epochs - 1} (epochs={self.epochs}), early stopping after {self.stopping_step} validations "
+                f"without improvement of {self.config['valid_metric']}, batch size {self.config['train_batch_size']}"
+            )
         result = super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
                              callback_fn=callback_fn)
         if saved:

@@ -42,8 +42,8 @@ class CpRec(SequentialRecommender):
 
     ``adaptive_input: False``, ``adaptive_output: False``, ``sharing_scheme: none`` is the paper's uncompressed
     NextItNet, the baseline of its Tables 2-4: a full input table, an untied full softmax with bias (scores are its
-    logits) and no sharing. The benchmark plans label that configuration ``NextItNet-uncompressed``
-    (:attr:`counterpart`). The paper's variants: CpRec-Cl/Cb/Al/Ab (Table 2) = both adaptive switches on with the
+    logits) and no sharing. The benchmark plans label that configuration ``NextItNet-uncompressed``; the command line
+    reports CpRec's size beside RecBole's NextItNet (:attr:`counterpart`). The paper's variants: CpRec-Cl/Cb/Al/Ab (Table 2) = both adaptive switches on with the
     scheme; Bi/Bo/Bio-NextItNet (Table 3) = one or both switches with ``none``; B1 = ``n_clusters: 1,
     cluster_dims: [d/4]``; Cl/Cb/Al/Ab-NextItNet (Table 4) = the scheme with both switches off.
 
@@ -66,7 +66,7 @@ class CpRec(SequentialRecommender):
     """
 
     aliases = ("CpRec-NextItNet",)
-    counterpart = "NextItNet-uncompressed"
+    counterpart = "NextItNet"
     config_keys = (
         Key("embedding_size", int, low=1),
         Key("kernel_size", int, low=1),
