@@ -199,9 +199,13 @@ def entry_config(plan, entry, seed, output_dir):
 
 
 def settings_hash(plan, entry):
-    """What an (entry, seed) result depends on: reused only while this is unchanged."""
-    settings = {"entry": entry, "plan": {k: plan.get(k) for k in ("dataset", "data_path", "epochs", "stopping_step",
-                                                                   "config", "config_files", "protocol_config")}}
+    """What an (entry, seed) result depends on: its model, label, counterpart and effective configuration (the same
+    in every plan that trains it alike, so plans can share trainings: ``--reuse_from``)."""
+    config = entry_config(plan, entry, 0, "")
+    for key in ("seed", "checkpoint_dir", "data_path", "show_progress"):
+        config.pop(key, None)
+    settings = {"model": entry["model"], "label": entry["label"], "counterpart": entry["counterpart"],
+                "dataset": plan["dataset"], "config": config, "config_files": plan["config_files"]}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -479,6 +483,9 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=5, help="timing repeats (median is reported)")
     p.add_argument("--jobs", type=int, default=1, help="(entry, seed) trainings at a time, one thread each (default 1)")
     p.add_argument("--output_dir", help="results folder (default benchmark_results/<plan name>)")
+    p.add_argument("--reuse_from", action="append", default=[],
+                   help="another plan's results folder: its finished (entry, seed) trainings with the same label and "
+                        "settings are used, not trained again (repeatable)")
     return p
 
 
@@ -506,6 +513,26 @@ class Results:
             with open(path, encoding="utf-8") as f:
                 saved = json.load(f)
             self.runs, self.test_users = saved.get("runs", {}), saved.get("test_users")
+
+    def reuse(self, folder, plan):
+        """Finished trainings of another results folder whose label and settings match an entry of this plan."""
+        path = os.path.join(folder, "results.json")
+        if not os.path.isfile(path):
+            raise ConfigError(f"--reuse_from={folder!r}: no results.json there")
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        wanted = {settings_hash(plan, e): e["label"] for e in plan["entries"]}
+        reused = 0
+        for key, run in saved.get("runs", {}).items():
+            owner = run.get("teacher_of") or run["label"]
+            digest = run.get("settings_hash")
+            if wanted.get(digest) == owner and not run.get("error") and key not in self.runs:
+                if self.test_users is None:
+                    self.test_users = saved.get("test_users")
+                if saved.get("test_users") == self.test_users:
+                    self.runs[key] = run
+                    reused += 1
+        return reused
 
     def done(self, key, digest):
         run = self.runs.get(key)
@@ -595,6 +622,12 @@ def main(argv=None):
         return 2
     os.makedirs(output_dir, exist_ok=True)
     results = Results(plan, os.path.join(output_dir, "results.json"))
+    try:
+        for folder in args.reuse_from:
+            print(f"[benchmark] {results.reuse(folder, plan)} finished trainings reused from {folder}", flush=True)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         failures = train_all(plan, results, output_dir, args.jobs)
     except KeyboardInterrupt:

@@ -53,6 +53,14 @@ def test_benchmark_two_tiny_models(tiny_data_path, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "SASRec@2020: done in an earlier run, reused" in printed and "GRU4Rec@2021: done in an earlier" in printed
 
+    # another plan with an entry trained alike takes its trainings from this one
+    other = [a for a in _args(tiny_data_path, tmp_path / "other", "--seeds", "2020,2021") if a != "SASRec,GRU4Rec"]
+    other[other.index("--models") + 1:other.index("--models") + 1] = ["SASRec"]
+    other = [a for a in other if not a.startswith("--embedding_size")]
+    assert main(other + ["--reuse_from", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 finished trainings reused" in printed and ": training" not in printed
+
 
 def test_two_jobs_give_the_numbers_of_one(tiny_data_path, tmp_path):
     assert main(_args(tiny_data_path, tmp_path / "one", "--seeds", "2020")) == 0
