@@ -86,7 +86,8 @@ def summarise(plan, runs, measured):
         cp = rows.get(row.get("counterpart"))
         if cp is None or cp is row:
             continue
-        goal = (entries.get(label, {}).get("goal") or plan.get("goal") or {}).get("ndcg@10_ratio")
+        entry = entries.get(label, {})
+        goal = ((entry["goal"] if "goal" in entry else plan.get("goal")) or {}).get("ndcg@10_ratio")
         cp_recs = sorted(by_label[cp["label"]], key=lambda r: r["seed"])
         _compare(row, cp, sorted(by_label[label], key=lambda r: r["seed"]), cp_recs, goal)
     return list(rows.values())
