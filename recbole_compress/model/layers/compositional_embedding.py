@@ -11,8 +11,8 @@ remainder table) and ``ceil(V / m)`` rows (the quotient table) for ``N = 2``; in
 and ``m_N = ceil(V / m^{N-1})``. Memory: ``sum_n m_n * D`` instead of ``V * D``.
 
 :class:`QuotientRemainderEmbedding` is a drop-in replacement for ``nn.Embedding(V + 1, D, padding_idx=0)``:
-``forward(ids)`` returns the merged vectors (``combine``: ``sum``, ``mean`` or ``mult``; padding id 0 gives a zero vector) and
-``.weight`` the merged ``[V + 1, D]`` table (row 0 zero) that RecBole's models use as the output layer. So it can sit
+``forward(ids)`` returns the merged vectors (``combine``: ``sum``, ``mean`` or ``mult``; padding id 0 gives a zero
+vector) and ``.weight`` the merged ``[V + 1, D]`` table (row 0 zero) that RecBole's models use as the output layer. So it can sit
 under any RecBole backbone, e.g. ``sasrec.item_embedding = QuotientRemainderEmbedding(sasrec.n_items - 1, 64, 2)``.
 ``base_vectors(ids)`` returns the selected base vectors ``[..., N, D]`` unmerged, for a learned merge such as LSAN's
 context-aware attention.
