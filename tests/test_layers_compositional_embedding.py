@@ -122,3 +122,71 @@ def test_drop_in_replacement_of_the_item_table_of_recbole_sasrec(tiny_config):
         interaction = next(iter(test_data))[0]
         scores = model.full_sort_predict(interaction)
     assert scores.shape == (len(interaction), model.n_items)
+
+
+def test_mult_merge_is_the_elementwise_product_and_padding_is_zero():
+    v, d, m = 37, 6, 3
+    emb = QuotientRemainderEmbedding(v, d, compression_rate=m, combine="mult")
+    ids = torch.tensor([[1, 5, 37, 0], [2, 3, 0, 0]])
+    e1, e2 = emb.tables[0].weight, emb.tables[1].weight
+    k = (ids - 1).clamp(min=0)
+    expected = e1[k % m] * e2[k // m] * (ids > 0).unsqueeze(-1)
+    assert torch.allclose(emb(ids), expected)
+    assert torch.equal(emb.weight[0], torch.zeros(d)) and torch.allclose(emb.weight[ids], emb(ids))
+    three = QuotientRemainderEmbedding(50, d, table_sizes=[2, 5, 5], combine="mult")
+    base = three.base_vectors(torch.tensor([7]))
+    assert torch.allclose(three(torch.tensor([7])), base[:, 0] * base[:, 1] * base[:, 2])
+
+
+@pytest.mark.parametrize("sizes", [[3, 400], [4, 4, 80]])
+def test_initialisations_give_the_product_a_sensible_scale(sizes):
+    torch.manual_seed(0)
+    v, d, std = 1000, 64, 0.02
+    scaled = QuotientRemainderEmbedding(v, d, table_sizes=sizes, combine="mult", init_std=std)
+    assert scaled.init == "scaled"  # auto, for a product
+    assert scaled.weight[1:].std().item() == pytest.approx(std, rel=0.15)  # a product of N(0, 0.02) rows: 4e-4
+    ones = QuotientRemainderEmbedding(v, d, table_sizes=sizes, combine="mult", init="ones", init_std=std)
+    assert all(t.weight.mean().item() == pytest.approx(1.0, abs=0.01) for t in ones.tables[:-1])
+    assert ones.weight[1:].std().item() == pytest.approx(std, rel=0.15)
+    summed = QuotientRemainderEmbedding(v, d, table_sizes=sizes, combine="sum", init_std=std)
+    assert summed.init == "normal" and summed.tables[0].weight.std().item() == pytest.approx(std, rel=0.15)
+    for table in scaled.tables:  # a model's own initialisation overwrote the tables: reset_parameters restores
+        torch.nn.init.zeros_(table.weight)
+    scaled.reset_parameters()
+    assert scaled.weight[1:].std().item() == pytest.approx(std, rel=0.15)
+    with pytest.raises(ValueError, match="init must be one of"):
+        QuotientRemainderEmbedding(v, d, init="xavier")
+
+
+def _fit_within_pair_orders(combine, users, orders, steps=400):
+    """Fit an output table (tables + per-item bias) so that user u prefers member orders[u, j] of quotient row j;
+    return the fraction of (user, row) orders it gets right."""
+    torch.manual_seed(0)
+    n_users, n_rows = orders.shape
+    emb = QuotientRemainderEmbedding(2 * n_rows, users.shape[1], compression_rate=2, combine=combine)
+    bias = torch.zeros(2 * n_rows + 1, requires_grad=True)
+    optimizer = torch.optim.Adam(list(emb.parameters()) + [bias], lr=0.05)
+    first, second = torch.arange(n_rows) * 2 + 1, torch.arange(n_rows) * 2 + 2  # the two items of row j
+    sign = orders.float() * 2 - 1  # +1: the second item must score higher
+    for _ in range(steps):
+        optimizer.zero_grad()
+        weight = emb.weight
+        gap = users @ (weight[second] - weight[first]).T + (bias[second] - bias[first])
+        loss = torch.nn.functional.softplus(-sign * gap * 10).mean()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        weight = emb.weight
+        gap = users @ (weight[second] - weight[first]).T + (bias[second] - bias[first])
+    return ((gap > 0) == orders).float().mean().item()
+
+
+def test_product_keeps_the_items_of_a_quotient_row_apart_and_the_sum_cannot():
+    """Capacity: users that order the two items of each quotient row differently (random orders per user and row).
+    With an additive merge the within-row gap is ``h_u . g + beta_j`` (one global direction g), which cannot realise
+    a random sign pattern; the product gives every row its own direction."""
+    g = torch.Generator().manual_seed(1)
+    users = torch.randn(8, 16, generator=g)
+    orders = torch.randint(0, 2, (8, 8), generator=g).bool()
+    assert _fit_within_pair_orders("mult", users, orders) == 1.0
+    assert _fit_within_pair_orders("sum", users, orders) < 0.9

@@ -125,3 +125,38 @@ def test_composition_parameter_counts_and_fixed_merges():
         with pytest.raises(ValueError):
             ContextAwareComposition(d, **bad)
     assert math.isclose(float(a_mean.sum(-1).mean()), 1.0)
+
+
+def test_mult_and_attention_mult_merges():
+    torch.manual_seed(0)
+    b, t, n, d = 3, 5, 2, 8
+    base, r = torch.randn(b, t, n, d), torch.randn(b, t, d)
+    h, alpha = ContextAwareComposition(d, merge="mult", inject=False)(base, r)
+    assert torch.allclose(h, base[..., 0, :] * base[..., 1, :]) and torch.equal(alpha, torch.ones(b, t, n))
+    comp = ContextAwareComposition(d, merge="attention_mult", inject=False)
+    assert sum(p.numel() for p in comp.parameters()) == 2 * d * d + 2 * d  # no parameter beyond Eq.(6)'s
+    h, alpha = comp(base, r)
+    assert alpha.shape == (b, t, n + 1) and torch.allclose(alpha.sum(-1), torch.ones(b, t), atol=1e-6)
+    candidates = torch.cat([(base[..., 0, :] * base[..., 1, :]).unsqueeze(-2), base], dim=-2)
+    assert torch.allclose(h, torch.einsum("btk,btkd->btd", alpha, candidates), atol=1e-6)
+    r2 = r.clone()
+    r2[2, 1] += 1.0  # the context chooses the weights, position by position
+    _, alpha2 = comp(base, r2)
+    changed = (alpha2 - alpha).abs().amax(-1) > 1e-7
+    assert changed[2, 1] and changed.sum() == 1
+
+
+@pytest.mark.parametrize("merge", ["mult", "attention_mult"])
+def test_product_merges_tell_apart_the_items_of_one_quotient_row(merge):
+    """Items (r, q) of one quotient row q: with a product in the merge, the difference between the two remainder
+    choices depends on q (a different vector per row); Eq.(7)'s sum under fixed weights does not."""
+    torch.manual_seed(0)
+    d = 8
+    remainder, quotient = torch.randn(2, d), torch.randn(6, d)
+    base = torch.stack([remainder[[0, 1]].repeat(6, 1), quotient.repeat_interleave(2, 0)], dim=1)  # [12, 2, d]
+    context = torch.zeros(12, d)
+    for name, expect_varies in [(merge, True), ("sum", False)]:
+        h, _ = ContextAwareComposition(d, merge=name, inject=False)(base, context)
+        within_row = h[1::2] - h[0::2]  # [6 rows, d]
+        spread = (within_row - within_row.mean(0)).abs().max().item()
+        assert (spread > 0.1) if expect_varies else (spread < 1e-6), name

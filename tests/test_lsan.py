@@ -130,16 +130,41 @@ def test_predict_agrees_with_full_sort_predict_and_catalogue_is_cached(ml100k):
             probe = copy.deepcopy(interaction)
             probe.interaction["item_id"] = items
             assert torch.allclose(model.predict(probe), scores[torch.arange(16), items], atol=1e-5)
-        # W_p[id] = mean_n E_n[q_n(id - 1)], row 0 zero
+        # the default tied output: W_p[id] = E_1[q_1(id - 1)] * E_2[q_2(id - 1)] (element-wise), row 0 zero
         emb = model.item_embedding
         ids = torch.tensor([1, 2, 3, 841, 842, model.n_items - 1])
         q = emb.indices(ids)
-        manual = (emb.tables[0].weight[q[:, 0]] + emb.tables[1].weight[q[:, 1]]) / 2
+        manual = emb.tables[0].weight[q[:, 0]] * emb.tables[1].weight[q[:, 1]]
         assert torch.allclose(cached[ids], manual) and torch.equal(cached[0], torch.zeros_like(cached[0]))
     model.train()
     with torch.no_grad():
         assert model.item_output_weight() is not cached  # train() drops the cache
     model.eval()
+
+
+def _within_pair_gaps(model, interaction):
+    """Score gap (second minus first item, bias left out) of every quotient row at m=2, for every user: [B, V/2]."""
+    with torch.no_grad():
+        h = model._sequence_output(interaction)
+        weight = model.item_output_weight()[1:]
+        pairs = weight.shape[0] // 2
+        return h @ (weight[1:2 * pairs:2] - weight[0:2 * pairs:2]).T
+
+
+def test_within_pair_score_gap_varies_across_pairs_and_users(ml100k):
+    """The items that share a quotient row must be ranked by the user and the row, not by one global direction."""
+    model = ml100k["model"].eval()
+    interaction = _test_batch(ml100k, 32)
+    gaps = _within_pair_gaps(model, interaction)
+    scale = gaps.abs().mean()
+    assert gaps.std(1).min() > 0.3 * scale  # per user, across rows
+    assert gaps.std(0).median() > 0.3 * scale  # per row, across users
+    # the additive merge (the old default): one global difference vector for every row
+    config = copy.deepcopy(ml100k["config"])  # a shallow copy would share (and change) the fixture's keys
+    config["output_composition"], config["composition"] = "mean", "attention"
+    additive = LSAN(config, ml100k["train"]._dataset).eval()
+    gaps = _within_pair_gaps(additive, interaction)
+    assert gaps.std(1).max() < 1e-4 * gaps.abs().mean()
 
 
 def test_padded_positions_do_not_change_the_output(ml100k):
@@ -162,7 +187,7 @@ def test_hour_and_category_change_the_context_locally(ml100k):
     seq, slots = interaction["item_id_list"], interaction["timestamp_slot_list"]
     with torch.no_grad():
         _, alpha = model.embed_items(seq, slots, return_weights=True)
-        assert alpha.shape == (8, seq.shape[1], 2)
+        assert alpha.shape == (8, seq.shape[1], 3)  # attention_mult: the product and the two base vectors
         assert torch.allclose(alpha.sum(-1), torch.ones_like(alpha.sum(-1)), atol=1e-6)
         slots2 = slots.clone()
         slots2[:, 3] = (slots2[:, 3] + 12) % 24
@@ -186,7 +211,7 @@ def test_hour_and_category_change_the_context_locally(ml100k):
 
 
 def test_causal_and_bidirectional_masks_agree_at_one_layer(ml100k):
-    config = copy.copy(ml100k["config"])
+    config = copy.deepcopy(ml100k["config"])  # a shallow copy would share (and change) the fixture's keys
     config["attn_mask"] = "bidirectional"
     bidirectional = LSAN(config, ml100k["train"]._dataset).eval()
     model = ml100k["model"].eval()
@@ -198,7 +223,10 @@ def test_causal_and_bidirectional_masks_agree_at_one_layer(ml100k):
 
 
 def test_joint_vocabulary_comes_from_the_training_split_only(ml100k):
-    model, train = ml100k["model"], ml100k["train"]._dataset
+    config = copy.deepcopy(ml100k["config"])  # a shallow copy would share (and change) the fixture's keys
+    config["context_mode"] = "joint"
+    train = ml100k["train"]._dataset
+    model = LSAN(config, train)
     inter = train.inter_feat
     seq, n = inter["item_id_list"], inter["item_length"]
     c = model.item2cat[seq]
@@ -294,6 +322,9 @@ def test_qr_ablation_equals_the_plain_quotient_remainder_sum(tiny_build):
     {"twin_mode": "conv_only", "conv_padding": "causal"},
     {"compression_rate": 3, "context_mode": "factorized", "composition_score": "dot"},
     {"output_layer": "full", "head_width": "split", "n_heads": 2, "n_layers": 2, "use_residual_ln": False},
+    {"composition": "mult", "base_table_init": "ones"},
+    {"composition": "attention", "output_composition": "mean", "context_mode": "joint"},
+    {"composition": "attention_mult", "use_context": False},
 ])
 def test_loss_is_finite_and_every_parameter_gets_a_gradient(tiny_build, overrides):
     _, train, test, model = tiny_build(**overrides)
@@ -347,6 +378,58 @@ def test_learns_a_deterministic_next_item(tiny_build):
     with torch.no_grad():
         top = model.full_sort_predict(batch)[:, 1:].argmax(-1) + 1
     assert loss.item() < 0.2 and (top == target).float().mean() == 1.0
+
+
+def _opposite_orders_task(n_histories=6):
+    """Histories 2i and 2i+1 each have two equally likely next items, in quotient rows a_i and b_i (m=2), with
+    opposite members: history 2i wants (a_i, first) and (b_i, second), history 2i+1 (a_i, second) and (b_i, first).
+    An output whose within-row gap is ``h . g + beta_row`` cannot put both next items of both histories above their
+    row mates (2i needs beta_b > beta_a, 2i+1 beta_a > beta_b)."""
+    from recbole.data.interaction import Interaction
+
+    def item(row, member):
+        return 2 * row + member + 1
+
+    seqs, targets, wanted = [], [], []
+    for k in range(n_histories):
+        i, flip = k // 2, k % 2
+        rows = (10 + 2 * i, 11 + 2 * i)
+        pair = {item(rows[0], flip), item(rows[1], 1 - flip)}
+        history = [2 * k + 1, 2 * k + 2, 20 - k]
+        for target in sorted(pair):
+            seqs.append(history + [0] * 7)
+            targets.append(target)
+        wanted.append(pair)
+    seq = torch.tensor(seqs)
+    batch = Interaction({"item_id_list": seq, "item_length": torch.full((len(seqs),), 3),
+                         "timestamp_slot_list": torch.zeros_like(seq).float(), "item_id": torch.tensor(targets)})
+    return batch, wanted
+
+
+def _learns_both_next_items(model, steps=300):
+    batch, wanted = _opposite_orders_task()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        top2 = model.full_sort_predict(batch[::2])[:, 1:].topk(2).indices + 1
+    return [set(t.tolist()) == w for t, w in zip(top2, wanted)]
+
+
+def test_learns_opposite_next_items_within_a_quotient_row(tiny_build):
+    """Capacity that the deterministic-next-item task cannot see: the default model learns it, the additive tied
+    output (the old default) cannot."""
+    overrides = dict(hidden_dropout_prob=0.0, attn_dropout_prob=0.0, hidden_size=16)
+    _, _, _, model = tiny_build(**overrides)
+    assert model.num_real_items == 40 and model.item_embedding.table_sizes == [2, 20]
+    torch.manual_seed(0)
+    assert all(_learns_both_next_items(model))
+    _, _, _, additive = tiny_build(output_composition="mean", composition="attention", **overrides)
+    torch.manual_seed(0)
+    assert not all(_learns_both_next_items(additive))
 
 
 def test_missing_categories_is_a_clear_error_unless_allowed(tiny_build, caplog):

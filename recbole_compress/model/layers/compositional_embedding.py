@@ -11,11 +11,26 @@ remainder table) and ``ceil(V / m)`` rows (the quotient table) for ``N = 2``; in
 and ``m_N = ceil(V / m^{N-1})``. Memory: ``sum_n m_n * D`` instead of ``V * D``.
 
 :class:`QuotientRemainderEmbedding` is a drop-in replacement for ``nn.Embedding(V + 1, D, padding_idx=0)``:
-``forward(ids)`` returns the merged vectors (``combine``: ``sum`` or ``mean``; padding id 0 gives a zero vector) and
-``.weight`` the merged ``[V + 1, D]`` table (row 0 zero) that RecBole's models use as the output layer. So it can sit
+``forward(ids)`` returns the merged vectors (``combine``: ``sum``, ``mean`` or ``mult``; padding id 0 gives a zero
+vector) and ``.weight`` the merged ``[V + 1, D]`` table (row 0 zero) that RecBole's models use as the output layer. So it can sit
 under any RecBole backbone, e.g. ``sasrec.item_embedding = QuotientRemainderEmbedding(sasrec.n_items - 1, 64, 2)``.
 ``base_vectors(ids)`` returns the selected base vectors ``[..., N, D]`` unmerged, for a learned merge such as LSAN's
 context-aware attention.
+
+Why the merge matters. With an additive merge (``sum``/``mean``) and ``N = 2``, the ``m`` items that share a quotient
+row differ only by the remainder rows, which are shared by *every* quotient row: items ``k`` and ``k + 1`` of a pair
+differ by the same global vector ``E_1[0] - E_1[1]`` for every pair. As an output table (scores ``h . W[v]``) the
+within-pair ranking is then one global direction per user: the table can rank ``ceil(V/m)`` clusters plus a
+remainder choice shared by all clusters, whatever D. The element-wise product (``mult``, the default of Shi et al.'s
+QR trick) gives item ``(r, q)`` the vector ``E_1[r] * E_2[q]``: two items of a pair differ by
+``(E_1[0] - E_1[1]) * E_2[q]``, a different vector for every quotient row, with the same parameters.
+
+A product of two ``N(0, s)`` vectors has scale ``s^2``, so ``mult`` needs its own initialisation (``init``):
+``scaled`` draws every table from ``N(0, init_std^(1/N))`` so that the product has the scale ``init_std`` of an
+ordinary table and the items of a pair start uncorrelated; ``ones`` draws the remainder tables from
+``N(1, init_std)`` and the last (quotient) table from ``N(0, init_std)``, so that the product starts as the quotient
+vector (pair members start almost equal); ``normal`` is ``N(0, init_std)`` for every table (right for ``sum``).
+``init: auto`` is ``scaled`` for ``mult`` and ``normal`` otherwise.
 """
 import math
 
@@ -62,19 +77,23 @@ class QuotientRemainderEmbedding(nn.Module):
         compression_rate (int): m (rows of the remainder tables). Ignored when ``table_sizes`` is given.
         num_tables (int): N, the number of base tables.
         table_sizes (list of int, optional): explicit ``[m_1, ..., m_N]``; their product must be at least V.
-        combine (str): how :meth:`forward` and :attr:`weight` merge the N base vectors: ``sum`` (QR "add") or
-            ``mean``.
-        init_std (float): base vectors are drawn from N(0, init_std).
+        combine (str): how :meth:`forward` and :attr:`weight` merge the N base vectors: ``sum`` (QR "add"),
+            ``mean`` or ``mult`` (element-wise product, QR "mult"; see the module docstring for why it keeps the
+            items of a quotient row apart).
+        init (str): ``auto``, ``normal``, ``scaled`` or ``ones`` (see the module docstring); ``auto`` is ``scaled``
+            for ``mult`` and ``normal`` otherwise.
+        init_std (float): the scale of a merged vector at initialisation.
 
     Shapes:
         ``indices(ids)``: ``[...] -> [..., N]``; ``base_vectors(ids)``: ``[...] -> [..., N, D]`` (zero for id 0);
         ``forward(ids)``: ``[...] -> [..., D]``; ``weight``: ``[V + 1, D]``.
     """
 
-    COMBINE = ("sum", "mean")
+    COMBINE = ("sum", "mean", "mult")
+    INIT = ("auto", "normal", "scaled", "ones")
 
     def __init__(self, num_items, embedding_dim, compression_rate=2, num_tables=2, table_sizes=None, combine="sum",
-                 init_std=0.02):
+                 init="auto", init_std=0.02):
         super().__init__()
         self.num_items = int(num_items)
         self.embedding_dim = int(embedding_dim)
@@ -90,17 +109,32 @@ class QuotientRemainderEmbedding(nn.Module):
             )
         if combine not in self.COMBINE:
             raise ValueError(f"combine must be one of {self.COMBINE}, got {combine!r}")
+        if init not in self.INIT:
+            raise ValueError(f"init must be one of {self.INIT}, got {init!r}")
         self.table_sizes = table_sizes
         self.num_tables = len(table_sizes)
         self.combine = combine
+        self.init = ("scaled" if combine == "mult" else "normal") if init == "auto" else init
+        self.init_std = float(init_std)
         self.tables = nn.ModuleList(nn.Embedding(size, self.embedding_dim) for size in table_sizes)
-        for table in self.tables:
-            nn.init.normal_(table.weight, mean=0.0, std=init_std)
+        self.reset_parameters()
+        self._weight_cache = None
+
+    def reset_parameters(self):
+        """Draw the base tables as ``init`` says (a model whose own initialisation overwrote them calls this)."""
+        last = self.num_tables - 1
+        for n, table in enumerate(self.tables):
+            if self.init == "scaled":
+                nn.init.normal_(table.weight, mean=0.0, std=self.init_std ** (1.0 / self.num_tables))
+            elif self.init == "ones" and n < last:
+                nn.init.normal_(table.weight, mean=1.0, std=self.init_std)
+            else:
+                nn.init.normal_(table.weight, mean=0.0, std=self.init_std)
         self._weight_cache = None
 
     def extra_repr(self):
         return f"num_items={self.num_items}, embedding_dim={self.embedding_dim}, table_sizes={self.table_sizes}, " \
-               f"combine={self.combine!r}"
+               f"combine={self.combine!r}, init={self.init!r}"
 
     def num_parameters(self):
         """``sum_n m_n * D``."""
@@ -118,6 +152,9 @@ class QuotientRemainderEmbedding(nn.Module):
         return vectors * (ids > 0).unsqueeze(-1).unsqueeze(-1).to(vectors.dtype)
 
     def merge(self, vectors):
+        """``[..., N, D] -> [..., D]`` by ``combine``."""
+        if self.combine == "mult":
+            return vectors.prod(dim=-2)
         merged = vectors.sum(dim=-2)
         return merged / self.num_tables if self.combine == "mean" else merged
 

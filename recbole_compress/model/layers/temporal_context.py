@@ -21,6 +21,20 @@ Building blocks, each usable under any backbone:
 
 The exact form of Eq.(6) is lost in the paper's text (only "SiLU" survives): the additive score above is our
 reconstruction, ``score: dot`` (``SiLU(W_r r + b)^T e^n / sqrt(D)``) the alternative.
+
+Merges that keep the items of a quotient row apart. With quotient-remainder base tables, Eq.(7)'s weighted sum gives
+two items of one quotient row ``h = a_1 e^1_r + a_2 e^2_q`` and ``a_1' e^1_r' + a_2' e^2_q``: whatever the weights,
+they differ along the remainder rows, which every quotient row shares, so the input cannot tell the pairs' members
+apart except through one global direction. The paper itself names "element-wise addition/multiplication" as the
+fixed merges its attention generalises, so we add:
+
+- ``mult``: ``h = e^1 * ... * e^N`` (element-wise), the item's own vector (pair members differ by
+  ``(e^1_r - e^1_r') * e^2_q``, a different vector for every quotient row); the context enters through Eq.(8) only.
+- ``attention_mult``: Eq.(6)-(7) over ``N + 1`` candidates, the product and the ``N`` base vectors:
+  ``h = a_0 (e^1 * ... * e^N) + sum_n a_n e^n`` with ``a = softmax(s_0, s_1, ..., s_N)`` scored as in Eq.(6). The
+  context still chooses how much of each base vector to use, as in the paper, and the item's own (product) vector is
+  one of the choices, so the composition distinguishes the items of a quotient row whenever ``a_0 > 0``. Eq.(7) is
+  the case ``a_0 = 0`` and ``mult`` the case ``a_0 = 1``; no parameter is added.
 """
 import math
 
@@ -153,18 +167,22 @@ class ContextAwareComposition(nn.Module):
 
     Args:
         embedding_dim (int): D.
-        merge (str): ``attention`` (Eq.(6)-(7): weights from the context), ``sum`` or ``mean`` (fixed weights 1 or
-            1/N: the plain QR merge, with the context still injected by the MLP when ``inject``).
+        merge (str): ``attention`` (Eq.(6)-(7): weights from the context), ``attention_mult`` (the same attention
+            over the element-wise product of the base vectors and the base vectors, see the module docstring),
+            ``sum`` or ``mean`` (fixed weights 1 or 1/N: the plain QR merge), or ``mult`` (the element-wise
+            product); the context is still injected by the MLP when ``inject``.
         score (str): the attention score, ``additive`` (``u^T SiLU(W_e e + W_r r + b)``, ``2D^2 + 2D`` parameters)
             or ``dot`` (``SiLU(W_r r + b)^T e / sqrt(D)``, ``D^2 + D``).
         inject (bool): apply Eq.(8), ``MLP([h; r])``; False returns ``h`` (Eq.(7)) itself.
         mlp_hidden_layers (int): extra ``Linear(D, D) + act`` layers after the first ``Linear(2D, D) + act``.
         mlp_act (str): activation of the MLP: silu, relu, gelu, tanh or sigmoid.
 
-    ``forward(base [..., N, D], context [..., D]) -> (h~ [..., D], alpha [..., N])``.
+    ``forward(base [..., N, D], context [..., D]) -> (h~ [..., D], alpha [..., K])``: ``K = N`` (for ``mult`` the
+    weights are the exponents, 1), ``K = N + 1`` for ``attention_mult`` (``alpha[..., 0]`` weighs the product).
     """
 
-    MERGES = ("attention", "sum", "mean")
+    MERGES = ("attention", "attention_mult", "sum", "mean", "mult")
+    ATTENTIVE = ("attention", "attention_mult")
     SCORES = ("additive", "dot")
 
     def __init__(self, embedding_dim, merge="attention", score="additive", inject=True, mlp_hidden_layers=0,
@@ -182,7 +200,7 @@ class ContextAwareComposition(nn.Module):
         self.embedding_dim = d
         self.merge = merge
         self.score = score
-        if merge == "attention":
+        if merge in self.ATTENTIVE:
             self.context_proj = nn.Linear(d, d)  # W_r and the bias b
             if score == "additive":
                 self.base_proj = nn.Linear(d, d, bias=False)  # W_e
@@ -195,23 +213,36 @@ class ContextAwareComposition(nn.Module):
                 layers += [nn.Linear(d, d), _ACTIVATIONS[mlp_act]()]
             self.mlp = nn.Sequential(*layers)
 
+    def candidates(self, base):
+        """The vectors the weights apply to: the N base vectors, with their element-wise product first for
+        ``attention_mult``."""
+        if self.merge == "attention_mult":
+            return torch.cat([base.prod(dim=-2, keepdim=True), base], dim=-2)
+        return base
+
     def weights(self, base, context):
-        """alpha ``[..., N]``: the softmax over the N base vectors of their scores under the context (attention), or
-        the fixed weights of ``sum`` (1) / ``mean`` (1/N)."""
-        n = base.shape[-2]
-        if self.merge != "attention":
-            value = 1.0 if self.merge == "sum" else 1.0 / n
-            return base.new_full(base.shape[:-1], value)
+        """alpha: the softmax over the candidates of their scores under the context (attention), or the fixed
+        weights of ``sum``/``mult`` (1) and ``mean`` (1/N)."""
+        return self._weights(self.candidates(base), context)
+
+    def _weights(self, candidates, context):
+        if self.merge not in self.ATTENTIVE:
+            value = 1.0 / candidates.shape[-2] if self.merge == "mean" else 1.0
+            return candidates.new_full(candidates.shape[:-1], value)
         r = self.context_proj(context).unsqueeze(-2)  # [..., 1, D]
         if self.score == "additive":
-            scores = self.score_vector(self.act(self.base_proj(base) + r)).squeeze(-1)
+            scores = self.score_vector(self.act(self.base_proj(candidates) + r)).squeeze(-1)
         else:
-            scores = (self.act(r) * base).sum(-1) / math.sqrt(self.embedding_dim)
+            scores = (self.act(r) * candidates).sum(-1) / math.sqrt(self.embedding_dim)
         return torch.softmax(scores, dim=-1)
 
     def forward(self, base, context):
-        alpha = self.weights(base, context)
-        h = (alpha.unsqueeze(-1) * base).sum(dim=-2)
+        candidates = self.candidates(base)
+        alpha = self._weights(candidates, context)
+        if self.merge == "mult":
+            h = base.prod(dim=-2)
+        else:
+            h = (alpha.unsqueeze(-1) * candidates).sum(dim=-2)
         if self.inject:
             h = self.mlp(torch.cat([h, context], dim=-1))
         return h, alpha

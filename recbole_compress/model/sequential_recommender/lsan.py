@@ -146,7 +146,9 @@ class LSAN(SequentialRecommender):
         self.use_residual_ln = bool(config["use_residual_ln"] if config["use_residual_ln"] is not None else True)
         self.initializer_range = config["initializer_range"]
         self.embedding_type = _choice(config, "embedding_type", ("compositional", "full"), "compositional")
-        self.composition = _choice(config, "composition", ("attention", "sum", "mean"), "attention")
+        self.composition = _choice(
+            config, "composition", ("attention", "attention_mult", "sum", "mean", "mult"), "attention_mult"
+        )
         self.composition_score = _choice(config, "composition_score", ("additive", "dot"), "additive")
         self.use_context = bool(config["use_context"])
         self.context_mode = _choice(config, "context_mode", ("joint", "factorized"), "joint")
@@ -155,7 +157,8 @@ class LSAN(SequentialRecommender):
         self.time_slot_seconds = config["time_slot_seconds"] or 3600
         self.allow_missing_context = bool(config["allow_missing_context"])
         self.output_layer = _choice(config, "output_layer", ("tied", "full"), "tied")
-        self.output_composition = _choice(config, "output_composition", ("mean", "sum"), "mean")
+        self.output_composition = _choice(config, "output_composition", ("mean", "sum", "mult"), "mult")
+        self.base_table_init = config["base_table_init"] or "auto"
         self.output_bias = bool(config["output_bias"] if config["output_bias"] is not None else True)
         self.loss_type = config["loss_type"]
         if self.loss_type != "CE":
@@ -184,7 +187,12 @@ class LSAN(SequentialRecommender):
             else:
                 sizes = qr_table_sizes(self.num_real_items, self.compression_rate, self.num_base_tables)
             self.item_embedding = QuotientRemainderEmbedding(
-                self.num_real_items, d, table_sizes=sizes, combine=self.output_composition
+                self.num_real_items,
+                d,
+                table_sizes=sizes,
+                combine=self.output_composition,
+                init=self._base_init(),
+                init_std=self.initializer_range,
             )
         else:
             self.item_embedding = nn.Embedding(self.n_items, d, padding_idx=0)
@@ -205,12 +213,11 @@ class LSAN(SequentialRecommender):
                 mlp_act=config["context_mlp_act"] or "silu",
             )
         else:
-            if self.embedding_type == "compositional" and self.composition == "attention":
-                self.composition = "sum"
+            self.composition = {"attention": "sum", "attention_mult": "mult"}.get(self.composition, self.composition)
             self.logger.info(
                 "LSAN without temporal context (use_context=False): position-only order information, "
                 + ("the base vectors are merged by a plain " + self.composition.upper()
-                   + " (the QR embedding of the paper's ablation)" if self.embedding_type == "compositional"
+                   + " (the context-free QR embedding)" if self.embedding_type == "compositional"
                    else "a full item table")
             )
 
@@ -241,12 +248,22 @@ class LSAN(SequentialRecommender):
             self.output_bias_vector = nn.Parameter(torch.zeros(self.n_items))
 
         self.apply(self._init_weights)
+        if self.embedding_type == "compositional":
+            self.item_embedding.reset_parameters()  # its own initialisation (a product needs another scale)
         if self.output_layer == "tied" and self.output_bias:
             nn.init.zeros_(self.output_bias_vector)
 
     # ------------------------------------------------------------------------------------------------------------
     # context
     # ------------------------------------------------------------------------------------------------------------
+
+    def _base_init(self):
+        """The base tables' initialisation: ``base_table_init``, where ``auto`` is ``scaled`` when a product of base
+        vectors is used (input or output), else ``normal``."""
+        if self.base_table_init != "auto":
+            return self.base_table_init
+        uses_product = self.output_composition == "mult" or self.composition in ("mult", "attention_mult")
+        return "scaled" if uses_product else "normal"
 
     def _missing(self, what, how):
         message = (
@@ -377,6 +394,8 @@ class LSAN(SequentialRecommender):
         alpha = None
         if self.use_context:
             h, alpha = self.context_composition(base, self.context_vectors(item_seq, slot_seq))
+        elif self.composition == "mult":
+            h = base.prod(-2)
         else:
             h = base.sum(-2) if self.composition != "mean" else base.mean(-2)
         return (h, alpha) if return_weights else h
