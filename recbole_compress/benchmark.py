@@ -489,17 +489,42 @@ def build_parser():
     return p
 
 
+def references(entry):
+    """``{key: label}`` of an entry's settings that name another entry's checkpoint of the same seed, written
+    ``"@<label>"`` (e.g. ``codebook_teacher: "@SASRec"``: codes fitted to the plain SASRec trained with that seed)."""
+    return {k: v[1:] for k, v in entry["config"].items() if isinstance(v, str) and v.startswith("@")}
+
+
+def with_checkpoints(entry, seed, results):
+    """The entry with its ``@label`` settings replaced by those entries' checkpoints for ``seed``."""
+    refs = references(entry)
+    if not refs:
+        return entry
+    entry = copy.deepcopy(entry)
+    for key, label in refs.items():
+        entry["config"][key] = results.runs[f"{label}@{seed}"]["checkpoint"]
+    return entry
+
+
 def check_plan(plan, output_dir):
-    """Every entry's configuration, checked before the first one trains."""
+    """Every entry's configuration, checked before the first one trains (an ``@label`` reference must name an
+    entry of the plan; the checkpoint it will resolve to is checked when it exists)."""
     from recbole_compress.commandline import check_override_keys
     from recbole_compress.preflight import check_data_rules_early
     from recbole_compress.run import make_config
 
     check_override_keys([e["model"] for e in plan["entries"]], plan["config"],
                         strict=plan["config"].get("strict_config_keys", True) is not False)
+    labels = {e["label"] for e in plan["entries"]}
     for entry in plan["entries"]:
+        refs = references(entry)
+        unknown = sorted(set(refs.values()) - labels)
+        if unknown:
+            raise ConfigError(f"entry {entry['label']!r} refers to {', '.join('@' + u for u in unknown)}, not an "
+                              f"entry of the plan")
+        checked = dict(entry, config={k: v for k, v in entry["config"].items() if k not in refs})
         config = make_config(entry["model"], plan["dataset"], plan["config_files"] or None,
-                             entry_config(plan, entry, plan["seeds"][0], output_dir), read_cmd_line=False)
+                             entry_config(plan, checked, plan["seeds"][0], output_dir), read_cmd_line=False)
         check_data_rules_early(config)
 
 
@@ -585,19 +610,33 @@ def train_all(plan, results, output_dir, jobs):
             results.add(entry, seed, digest, *outcome)
             print(f"[benchmark] {key}: done", flush=True)
 
+    # entries that refer to another entry's checkpoint train after it (a second wave)
+    waves = [[t for t in todo if not references(t[0])], [t for t in todo if references(t[0])]]
+    for wave in waves:
+        ready = []
+        for entry, seed, digest in wave:
+            try:
+                ready.append((with_checkpoints(entry, seed, results), seed, digest, entry))
+            except KeyError as e:
+                finished(entry, seed, digest, error=f"its reference {e} has no finished training")
+        _train_wave(plan, ready, output_dir, jobs, finished)
+    return failures
+
+
+def _train_wave(plan, todo, output_dir, jobs, finished):
     if jobs <= 1:
-        for entry, seed, digest in todo:
+        for resolved, seed, digest, entry in todo:
             print(f"[benchmark] {entry['label']}@{seed}: training", flush=True)
             try:
-                finished(entry, seed, digest, train_entry(plan, entry, seed, output_dir, digest))
+                finished(entry, seed, digest, train_entry(plan, resolved, seed, output_dir, digest))
             except Exception as e:
                 traceback.print_exc()
                 finished(entry, seed, digest, error=f"{type(e).__name__}: {e}")
-        return failures
+        return
     import multiprocessing
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_in_worker, plan, e, s, output_dir, d): (e, s, d) for e, s, d in todo}
+        futures = {pool.submit(_train_in_worker, plan, r, s, output_dir, d): (e, s, d) for r, s, d, e in todo}
         print(f"[benchmark] training {len(todo)} (entry, seed) pairs, {jobs} at a time", flush=True)
         for future in as_completed(futures):
             entry, seed, digest = futures[future]
@@ -605,7 +644,6 @@ def train_all(plan, results, output_dir, jobs):
                 finished(entry, seed, digest, future.result())
             except Exception as e:
                 finished(entry, seed, digest, error=f"{type(e).__name__}: {e}")
-    return failures
 
 
 def main(argv=None):

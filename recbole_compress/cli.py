@@ -20,8 +20,10 @@ import sys
 import traceback
 
 from recbole_compress.commandline import (
+    announce_budget,
     check_override_keys,
     common_keys_help,
+    cpu_budget,
     format_table,
     parse_bool,
     parse_overrides,
@@ -57,34 +59,6 @@ def build_parser():
     return parser
 
 
-BUDGET_FILE = ("preset", "cpu_budget.yaml")
-
-
-def cpu_budget(overrides):
-    """On a machine without a GPU: the CPU budget preset (its path and the settings it adds, those the user did not
-    set on the command line), else None. It goes first among the config files, so the user's files win over it."""
-    import torch
-    import yaml
-
-    from recbole_compress import properties_path
-
-    if torch.cuda.is_available():
-        return None
-    path = properties_path(*BUDGET_FILE)
-    with open(path, encoding="utf-8") as f:
-        budget = yaml.safe_load(f) or {}
-    added = {k: v for k, v in budget.items() if k not in overrides}
-    return (path, added) if added else None
-
-
-def announce_budget(budget):
-    path, added = budget
-    settings = ", ".join(f"{k}={v}" for k, v in added.items())
-    print(f"No GPU found: a CPU budget applies ({settings}; from {os.path.relpath(path)}; your config files and "
-          f"--key=value settings win). For RecBole's full budget pass --epochs=300 --stopping_step=10 "
-          f"--train_batch_size=2048 --learning_rate=0.001.", file=sys.stderr, flush=True)
-
-
 def check_run(args, overrides):
     """Every check before any model trains; returns ``(models, config_files, overrides of each model)``: in a
     multi-model run each model gets the overrides it reads.
@@ -93,7 +67,7 @@ def check_run(args, overrides):
         ConfigError: the first model's problems (key names, values, files, checkpoints, data rules).
     """
     from recbole_compress.preflight import check_data_rules_early
-    from recbole_compress.quick_start import check_distributed_args
+    from recbole_compress.distributed import check_distributed_args
     from recbole_compress.run import make_config
 
     models = [m.strip() for m in args.model.split(",") if m.strip()]
@@ -119,7 +93,7 @@ def check_run(args, overrides):
 
 def run_one(model, args, config_files, overrides):
     """Train and test one model; its row of the results table."""
-    from recbole_compress.quick_start import run
+    from recbole_compress.distributed import run
 
     row = {"model": model}
     result = run(

@@ -119,6 +119,34 @@ def check_override_keys(models, overrides, strict=True):
     return known
 
 
+BUDGET_FILE = ("preset", "cpu_budget.yaml")
+
+
+def cpu_budget(overrides):
+    """On a machine without a GPU: the CPU budget preset (its path and the settings it adds, those the user did not
+    set on the command line), else None. It goes first among the config files, so the user's files win over it."""
+    import torch
+    import yaml
+
+    from recbole_compress import properties_path
+
+    if torch.cuda.is_available():
+        return None
+    path = properties_path(*BUDGET_FILE)
+    with open(path, encoding="utf-8") as f:
+        budget = yaml.safe_load(f) or {}
+    added = {k: v for k, v in budget.items() if k not in overrides}
+    return (path, added) if added else None
+
+
+def announce_budget(budget):
+    path, added = budget
+    settings = ", ".join(f"{k}={v}" for k, v in added.items())
+    print(f"No GPU found: a CPU budget applies ({settings}; from {path}; your config files and "
+          f"--key=value settings win). For RecBole's full budget pass --epochs=300 --stopping_step=10 "
+          f"--train_batch_size=2048 --learning_rate=0.001.", file=sys.stderr, flush=True)
+
+
 def report_error(error):
     """Print a user error in one block (no traceback) and return the exit code 2."""
     print(f"error: {error}", file=sys.stderr)

@@ -17,6 +17,12 @@ from recbole_compress.checkpoint import load_checkpoint
 from recbole_compress.config_keys import declared, value_problems
 from recbole_compress.data.atomic_files import inter_file_problems
 from recbole_compress.errors import CheckpointError, ConfigError
+from recbole_compress.model.item_compression import (
+    ITEM_COMPRESSION_DATA_RULES,
+    ITEM_COMPRESSION_KEYS,
+    ITEM_COMPRESSION_RELATIONS,
+    refusal,
+)
 from recbole_compress.phases import model_default_keys, phase_config, phases_of
 from recbole_compress.recbole_keys import (
     GENERAL_KEYS,
@@ -37,9 +43,11 @@ def run_keys(model, phase_models=None, _seen=()):
     prefixed keys of its phases (``phase_models`` maps a phase prefix to the model chosen for it; default: the
     phase's default model)."""
     cls = get_model(model)
-    keys = set(general_keys()) | model_default_keys(cls)
+    keys = set(general_keys()) | model_default_keys(cls) | {"item_compression"}
     for owner in (cls, _trainer_of(cls)):
         keys |= {k.name for k in declared(owner, "config_keys")}
+    if refusal(cls) is None:
+        keys |= {k.name for k in ITEM_COMPRESSION_KEYS}
     seen = set(_seen) | {cls}
     for phase in phases_of(cls):
         keys |= {phase.prefix + "model", phase.prefix + "checkpoint"}
@@ -61,6 +69,10 @@ def rules_of(model):
     else:
         keys += recbole_model_keys(cls.__name__)
         relations += recbole_model_relations(cls.__name__)
+    if refusal(cls) is None:
+        names = {k.name for k in keys}
+        keys += [k for k in ITEM_COMPRESSION_KEYS if k.name not in names]
+        relations += ITEM_COMPRESSION_RELATIONS
     return keys, relations
 
 
@@ -128,6 +140,8 @@ def checkpoint_problems(config):
     keys, _ = rules_of(config["model"])
     wanted = [(key.name, key.checkpoint_of) for key in keys if key.checkpoint_of is not None]
     wanted.append(("resume", (config["model"],)))  # a run resumes from a checkpoint of its own model
+    if config["item_compression"] == "codebook":
+        wanted.append(("codebook_teacher", None))  # any trained model of the same width on the same data
     problems = []
     for name, models in wanted:
         if config[name]:
@@ -222,12 +236,23 @@ def _reachable_problem(url, dataset, timeout=10):
                 f"({type(e).__name__}: {e}); are you offline? Put its atomic files in data_path instead.")
 
 
+def compression_problems(config):
+    """A message when ``item_compression`` is set for a model that cannot take it, naming the reason."""
+    reason = refusal(get_model(config["model"]))
+    if config["item_compression"] and reason:
+        return [f"item_compression={config['item_compression']!r} cannot apply to {config['model']}: {reason}"]
+    return []
+
+
 def check_config(config, also_known=()):
     """All checks that need no data: key names, values, checkpoints, phases, dataset files.
 
     Raises:
         ConfigError: one message listing every problem (key, value, what is allowed).
     """
+    problems = compression_problems(config)
+    if problems:
+        raise ConfigError(problem_message(problems))
     check_key_names(config, also_known)
     problems = value_problems_of(config)
     problems += checkpoint_problems(config)
@@ -253,27 +278,30 @@ def check_data(config, dataset):
         ConfigError: a value that does not fit this dataset; warnings are logged.
     """
     problems = []
-    for owner in (get_model(config["model"]), _trainer_of(get_model(config["model"]))):
-        for rule in declared(owner, "data_rules"):
-            outcome = rule.check(config, dataset)
-            if isinstance(outcome, tuple) and outcome and outcome[0] == "warning":
-                getLogger().warning(f"{rule.key}={config[rule.key]!r}: {outcome[1]}")
-            elif outcome:
-                problems.append(f"{rule.key}={config[rule.key]!r}: {outcome}")
+    rules = list(declared(get_model(config["model"]), "data_rules"))
+    rules += declared(_trainer_of(get_model(config["model"])), "data_rules")
+    if config["item_compression"]:
+        rules += ITEM_COMPRESSION_DATA_RULES
+    for rule in rules:
+        outcome = rule.check(config, dataset)
+        if isinstance(outcome, tuple) and outcome and outcome[0] == "warning":
+            getLogger().warning(f"{rule.key}={config[rule.key]!r}: {outcome[1]}")
+        elif outcome:
+            problems.append(f"{rule.key}={config[rule.key]!r}: {outcome}")
     if problems:
         raise ConfigError(problem_message(problems, f"with dataset {config['dataset']!r}: "))
 
 
 
-def has_data_rules(model):
-    cls = get_model(model)
-    return bool(declared(cls, "data_rules") or declared(_trainer_of(cls), "data_rules"))
+def has_data_rules(config):
+    cls = get_model(config["model"])
+    return bool(declared(cls, "data_rules") or declared(_trainer_of(cls), "data_rules") or config["item_compression"])
 
 
 def check_data_rules_early(config):
     """For a model with data rules: load its dataset now and check them (a multi-model run does this for every
     model before the first one trains). A model without data rules loads nothing here."""
-    if not has_data_rules(config["model"]):
+    if not has_data_rules(config):
         return
     from recbole.data import create_dataset
     from recbole.utils import init_seed

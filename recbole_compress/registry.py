@@ -20,6 +20,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_compress.errors import UnknownModelError
+from recbole_compress.model.item_compression import compressible
 from recbole_compress.trainer.adarec import AdaRecSearchTrainer, AdaRecTrainer, StepLRTrainer
 from recbole_compress.trainer.base import Trainer, safe_trainer
 from recbole_compress.trainer.eodrec import EODRecTrainer
@@ -137,13 +138,15 @@ def closest_model_names(name, n=3):
 
 
 def get_model(model_name):
-    """Model class by name: plugin models (and their aliases) first, then RecBole's; case-insensitive.
+    """Model class by name: plugin models (and their aliases) first, then RecBole's; case-insensitive. A sequential
+    model comes as :func:`recbole_compress.model.item_compression.compressible` (its own class, under its own name,
+    whose constructor compresses the item table when the config sets ``item_compression``).
 
     Raises:
         UnknownModelError: the name is unknown; the message suggests the closest names and lists the plugin models.
     """
     if inspect.isclass(model_name):
-        return model_name
+        return compressible(model_name)
     if not isinstance(model_name, str) or not model_name.strip():
         raise UnknownModelError(f"model must be a model name, got {model_name!r}")
     name = model_name.strip()
@@ -163,11 +166,12 @@ def get_model(model_name):
             f"(all {len(recbole_model_names())}: python -c \"from recbole_compress.utils import recbole_model_names; "
             f"print(recbole_model_names())\")."
         )
-    return cls
+    return compressible(cls)
 
 
 def is_plugin_model(model):
     cls = get_model(model)
+    cls = getattr(cls, "compressed_from", cls)
     return plugin_models().get(cls.__name__) is cls
 
 

@@ -22,6 +22,7 @@ from recbole.utils import init_seed, set_color
 from recbole_compress.checkpoint import check_item_mapping, check_state_dict, load_checkpoint
 from recbole_compress.config import Config, config_from_plain
 from recbole_compress.errors import CheckpointError, ConfigError, DataError
+from recbole_compress.model.item_compression import fit_item_codes
 from recbole_compress.phases import phase_config
 from recbole_compress.preflight import check_config, check_data, dataset_file_problem
 from recbole_compress.registry import get_model, get_trainer
@@ -104,12 +105,26 @@ def build(config, data=None):
         data = Data(data.dataset, phase_train_data(config, data.train), data.valid, data.test)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, data.train._dataset).to(config["device"])
+    if config["item_compression"] == "codebook" and config["codebook_teacher"] and not config["resume"]:
+        _codes_from_teacher(model, config, data)
     trainer = trainer_class(config, model)
     if hasattr(trainer, "phases"):
         trainer.phases = PhaseRunner(config, data)
     if config["resume"]:
         trainer.resume_checkpoint(config["resume"], dataset=data.dataset)
     return Run(config, data, model, trainer)
+
+
+def _codes_from_teacher(model, config, data):
+    """A codebook-compressed model's codes and codebooks fitted to ``codebook_teacher``'s item table."""
+    path = config["codebook_teacher"]
+    teacher = restore(path, data, config["device"], reseed=False).model
+    summary = fit_item_codes(model, teacher.item_embedding.weight, config["seed"])
+    getLogger().info(
+        set_color("item codes", "green") + f": fitted to the item table of {path} ({summary['steps']} steps, "
+        f"reconstruction error {summary['first_mse']:.4f} -> {summary['last_mse']:.4f}; {summary['distinct_codes']} "
+        f"distinct codes for {summary['items']} items)"
+    )
 
 
 def _adopt_written_keys(config, path, trainer_class):
@@ -257,11 +272,14 @@ class PhaseRunner:
 def counterpart_size(run):
     """``(name, parameters)`` of the model a compressed model is measured against (its ``counterpart``): a model
     built with its own defaults and the run's settings it reads (e.g. the same ``hidden_size``), on the same data;
-    for ``"teacher"`` the run's teacher. None when the model names no counterpart."""
+    for ``"teacher"`` the run's teacher; for a model with ``item_compression``, the same model with its full item
+    table. None when the model names no counterpart."""
     from recbole_compress.preflight import run_keys
     from recbole_compress.profiling import count_parameters
 
     counterpart = getattr(type(run.model), "counterpart", None)
+    if run.config["item_compression"]:  # the same model with its full item table
+        counterpart = type(run.model).compressed_from
     if counterpart == "teacher":
         teacher = getattr(run.trainer, "teacher", None)
         return (f"its teacher ({type(teacher).__name__})", count_parameters(teacher)) if teacher is not None else None
@@ -269,7 +287,8 @@ def counterpart_size(run):
         return None
     cls = get_model(counterpart)
     reads = run_keys(cls)
-    settings = {k: v for k, v in run.config.external_config_dict.items() if k in reads and k not in ("model",)}
+    settings = {k: v for k, v in run.config.external_config_dict.items()
+                if k in reads and k not in ("model", "item_compression")}
     config = Config(model=cls, dataset=run.config["dataset"], config_dict=settings, read_cmd_line=False)
     return cls.__name__, count_parameters(cls(config, run.data.train._dataset))
 

@@ -50,7 +50,14 @@ import threading
 from collections import namedtuple
 
 from recbole_compress import properties_path
-from recbole_compress.commandline import check_override_keys, format_table, parse_overrides, report_error
+from recbole_compress.commandline import (
+    announce_budget,
+    check_override_keys,
+    cpu_budget,
+    format_table,
+    parse_overrides,
+    report_error,
+)
 from recbole_compress.errors import ConfigError
 from recbole_compress.preflight import closest_keys, run_keys
 from recbole_compress.registry import get_model
@@ -773,6 +780,10 @@ def _search_from_args(args, overrides):
     model = get_model(args.model).__name__
     check_override_keys([model], overrides)
     config_files = args.config_files.strip().split(" ") if args.config_files else None
+    budget = cpu_budget(overrides)  # trials get the main command's CPU budget (so its rerun command reproduces them)
+    if budget:
+        config_files = [budget[0]] + (config_files or [])
+        announce_budget(budget)
     options = {k: getattr(args, k) for k in (
         "params_file", "num_samples", "algo", "scheduler", "max_t", "grace_period", "reduction_factor",
         "cpus_per_trial", "gpus_per_trial", "max_concurrent_trials", "address", "num_cpus", "storage_path", "name",

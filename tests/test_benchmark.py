@@ -127,3 +127,27 @@ def test_profiling_counts_what_the_call_allocates():
     tied[1].weight = lin.weight
     assert state_dict_bytes(tied) == (16 + 4 + 4) * 4  # the tied weight is stored once
     assert count_parameters(tied) == 24
+
+
+def test_an_entry_can_take_another_entrys_checkpoint_of_the_same_seed(tiny_data_path, tmp_path):
+    """``codebook_teacher: "@SASRec"``: the codes of SASRec-codebook are fitted to the plain SASRec of each seed,
+    trained first."""
+    import yaml
+
+    from recbole_compress.checkpoint import load_checkpoint
+
+    plan = {"dataset": "tiny", "seeds": [2020, 2021], "epochs": 1,
+            "config": {"load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "hidden_size": 8,
+                       "MAX_ITEM_LIST_LENGTH": 10, "state": "ERROR", "train_batch_size": 64},
+            "entries": [{"label": "SASRec-codebook", "model": "SASRec",
+                         "config": {"item_compression": "codebook", "num_codebooks": 2, "codebook_size": 4,
+                                    "codebook_teacher": "@SASRec"}},
+                        {"label": "SASRec", "model": "SASRec"}]}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    out = tmp_path / "out"
+    assert main(["--plan", str(tmp_path / "plan.yaml"), "--data_path", tiny_data_path, "--output_dir", str(out),
+                 "--infer_batch_users", "16", "--infer_batches", "1", "--repeats", "1"]) == 0
+    runs = json.load(open(out / "results.json"))["runs"]
+    for seed in (2020, 2021):
+        student = load_checkpoint(runs[f"SASRec-codebook@{seed}"]["checkpoint"])["config"]
+        assert student["codebook_teacher"] == runs[f"SASRec@{seed}"]["checkpoint"]

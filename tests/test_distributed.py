@@ -25,9 +25,12 @@ def free_port():
 
 
 def _metrics(printed):
-    row = [line for line in printed.splitlines() if line.startswith("| SASRec")][0]
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    return {"ndcg@10": float(cells[1]), "hit@10": float(cells[2]), "mrr@10": float(cells[3]), "status": cells[5]}
+    lines = printed.splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("| model")).strip("|").split("|")]
+    row = [c.strip() for c in next(line for line in lines if line.startswith("| SASRec")).strip("|").split("|")]
+    cells = dict(zip(header, row))
+    return {"ndcg@10": float(cells["test NDCG@10"]), "hit@10": float(cells["test HIT@10"]),
+            "mrr@10": float(cells["test MRR@10"]), "status": cells["status"]}
 
 
 def test_two_process_cpu_run_through_the_cli_matches_one_process(tiny_data_path, tmp_path, capsys):

@@ -22,7 +22,7 @@ RANKS = [
     (8, ("recbole_compress.preflight",)),
     (9, ("recbole_compress.run",)),
     (10, ("recbole_compress.quick_start", "recbole_compress.commandline", "recbole_compress.scaling")),
-    (11, ("recbole_compress.benchmark_report",)),
+    (11, ("recbole_compress.benchmark_report", "recbole_compress.distributed")),
     (12, ("recbole_compress.benchmark", "recbole_compress.tune")),
     (13, ("recbole_compress.cli",)),
 ]

@@ -31,7 +31,7 @@ def test_cpu_budget_progress_sizes_and_no_noise(tiny_data_path, tmp_path):
     assert "budget" in err and "early stopping after 3 validations" in err
     row = next(line for line in out.splitlines() if line.startswith("| LSAN"))
     assert "SASRec: " in row and re.search(r"\| \d\.\d{3}x \|", row), row  # LSAN's size beside SASRec's
-    assert "best valid NDCG@10" in out  # the column says its metric
+    assert "best valid MRR@10" in out  # the column says its metric (RecBole's default valid_metric)
     assert "FutureWarning" not in err + out and "GradScaler" not in err + out  # RecBole's and torch's noise
     # a key the user sets wins over the budget (and the announcement says only what still applies)
     proc = run_cli(["--model=SASRec", "--epochs=1", "--n_heads=1"] + tiny(tiny_data_path)[:-1], tmp_path)

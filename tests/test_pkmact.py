@@ -335,7 +335,7 @@ def test_every_yaml_key_is_a_known_command_line_key():
         keys = set(yaml.safe_load(f))
     assert {"pkm_topk", "pkm_n_keys", "act_mode", "dispatcher_carry", "query_stride"} <= keys
     assert keys <= run_keys("PKM-ACT")
-    assert get_model("pkm-act") is PKMACT and PKMACT.counterpart == "SASRec"
+    assert get_model("pkm-act").compressed_from is PKMACT and PKMACT.counterpart == "SASRec"
 
 
 # ----------------------------------------------------------------------------------------------------------------

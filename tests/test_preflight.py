@@ -77,7 +77,8 @@ def test_config_dict_keys_are_checked_too(tiny_config):
 def test_a_run_knows_exactly_its_model_its_trainer_and_its_phases():
     sasrec = run_keys("SASRec")
     assert {"hidden_size", "n_layers", "epochs", "learning_rate", "data_path", "eval_args"} <= sasrec
-    assert not {"compression_rate", "teacher_epochs", "lr_decay_step", "num_cells"} & sasrec
+    assert not {"teacher_epochs", "lr_decay_step", "num_cells", "code_fit_steps"} & sasrec
+    assert {"item_compression", "compression_rate", "num_codebooks"} <= sasrec  # the switch any model can take
     eodrec = run_keys("EODRec")
     assert {"num_codebooks", "teacher_epochs", "teacher_hidden_size", "teacher_checkpoint", "pretrain_epochs"} <= eodrec
     assert "lr_decay_step" not in eodrec and "search_epochs" not in eodrec
