@@ -99,6 +99,32 @@ def summarise(path, within=0.02):
                   f"{best['cpu_seconds'] / 60:.1f} | {'%.1f' % (near['cpu_seconds'] / 60) if near else 'not reached'} |")
 
 
+def plot(path, out):
+    """Validation NDCG@10 against CPU minutes, one panel per (dataset, model), one line per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in open(path)]
+    panels = sorted({(r["dataset"], r["label"]) for r in records})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (dataset, label) in zip(axes[0], panels):
+        settings = sorted({(r["batch"], r["lr"]) for r in records if (r["dataset"], r["label"]) == (dataset, label)})
+        for batch, lr in settings:
+            recs = [r for r in records if (r["dataset"], r["label"], r["batch"], r["lr"]) == (dataset, label, batch, lr)]
+            recs.sort(key=lambda r: r["epoch"])
+            ax.plot([r["cpu_seconds"] / 60 for r in recs], [r["valid_ndcg"] for r in recs], marker=".",
+                    label=f"batch {batch}, lr {lr}")
+        ax.set_title(f"{label} on {dataset}", fontsize=9)
+        ax.set_xlabel("CPU minutes (one thread)")
+        ax.set_ylabel("valid NDCG@10")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model")
@@ -113,10 +139,13 @@ def main(argv=None):
     p.add_argument("--max_minutes", type=float, default=30)
     p.add_argument("--set", action="append", help="key=value config override (repeatable)")
     p.add_argument("--output")
-    p.add_argument("--summarise")
+    p.add_argument("--summarise", help="a curves file: print the table per (dataset, model)")
+    p.add_argument("--plot", help="with --summarise: also draw the curves into this PNG")
     args = p.parse_args(argv)
     if args.summarise:
         summarise(args.summarise)
+        if args.plot:
+            plot(args.summarise, args.plot)
         return 0
     torch.set_num_threads(1)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -21,6 +21,7 @@ _COMPUTED_KEYS = {
     "model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec", "local_rank",
     "valid_neg_sample_args", "test_neg_sample_args", "train_neg_sample_args", "data_path", "world_size", "nproc",
     "ip", "port", "offset", "valid_metric_bigger", "config_files",
+    "resume",  # a run's resume checkpoint is its own model's, never a phase's
 }
 PROCESS_KEYS = ("device", "single_spec", "local_rank", "world_size", "nproc", "ip", "port", "offset")
 
