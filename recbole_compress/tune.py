@@ -154,6 +154,17 @@ def parse_params_file(path):
     return params
 
 
+def planned_trials(params, algo, num_samples):
+    """How many trials the search runs: ``num_samples`` repeats of the grid of ``choice`` lines (exhaustive), or
+    ``num_samples`` samples."""
+    if algo != "exhaustive":
+        return num_samples
+    grid = 1
+    for p in params:
+        grid *= len(p.values)
+    return grid * num_samples
+
+
 def ray_search_space(params, algo="random"):
     """Ray Tune's search space for ``params``. ``algo='exhaustive'`` makes every ``choice`` a grid (RecBole's
     exhaustive search), and refuses ranges."""
@@ -493,6 +504,7 @@ def run_search(model, dataset="ml-100k", config_file_list=None, config_dict=None
     options = {"num_samples": num_samples or (1 if algo == "exhaustive" else 10), "max_t": max_t,
                "grace_period": grace_period, "reduction_factor": reduction_factor, "search_seed": search_seed,
                "max_concurrent_trials": max_concurrent_trials, "verbose": verbose}
+    spec["planned_trials"] = planned_trials(parse_params_file(spec["params_file"]), algo, options["num_samples"])
     os.makedirs(experiment_dir, exist_ok=True)
     with open(os.path.join(experiment_dir, SEARCH_FILE), "w", encoding="utf-8") as f:
         json.dump(spec, f, indent=2)
@@ -549,6 +561,9 @@ def _execute(spec, make_tuner, address, num_cpus, verbose):
         grid, interrupted = _fit_noting_interrupt(make_tuner(_trainable_of(spec, cpus, gpus)))
         params = parse_params_file(spec["params_file"])
         rows = _trial_rows(grid, params, spec["metric"], spec["mode"], interrupted)
+        if interrupted:  # trials Ray had not created yet are not in its grid: list them as not started
+            rows += [{"trial": "(not created yet)", "params": {}, "epochs": 0, "status": NOT_STARTED}
+                     for _ in range(spec.get("planned_trials", 0) - len(rows))]
         interrupted = interrupted or any(r["status"] in (INTERRUPTED, NOT_STARTED) for r in rows)
         best = None if interrupted else _best_row(rows, spec["mode"])
         best_test = _test_of(best, cpus, gpus) if best is not None and best.get("checkpoint_file") else None
