@@ -17,9 +17,25 @@ Where we depart from (or had to reconstruct) the paper, and why:
 - The paper's equation bodies are lost in the available text. Eq.(6), the attention score over the base vectors, is
   reconstructed as additive attention ``u^T SiLU(W_e e^n + W_r r + b)`` (``composition_score: dot`` is the
   alternative); the MLP of Eq.(8) is ``Linear(2D, D) + SiLU``.
-- The output layer is tied to the base tables (``W_p[v] = mean_n E_n[q_n(v)]`` plus a bias): a separate ``V x D``
-  softmax matrix would make LSAN larger than SASRec, against the paper's "about 60 % of SASRec's parameters at m=2"
-  (``output_layer: full`` is the literal reading).
+- The output layer is tied to the base tables: a separate ``V x D`` softmax matrix would make LSAN larger than
+  SASRec, against the paper's "about 60 % of SASRec's parameters at m=2" (``output_layer: full`` is the literal
+  reading). The paper never says how the output vectors are composed. We compose them by the element-wise product
+  ``W_p[v] = E_1[k mod m] * E_2[k div m]`` (``output_composition: mult``, the default of Shi et al.'s QR trick) plus
+  a per-item bias. The additive merge (``mean``/``sum``) makes the items of a quotient row differ by one global
+  vector ``E_1[0] - E_1[1]``: every user then orders the two items of every row the same way (bias aside); the
+  ablation in docs/LSAN.md measures what that costs.
+- The input merge (``composition``): Eq.(7)'s attention-weighted sum has the same blind spot, so the default,
+  ``attention_mult``, runs the paper's context attention over the product of the base vectors *and* the base vectors
+  (``h = a_0 e^1 * e^2 + a_1 e^1 + a_2 e^2``, weights from Eq.(6)): the context still weighs the base vectors, and
+  the item's own vector is one of the candidates (see
+  :class:`~recbole_compress.model.layers.temporal_context.ContextAwareComposition`). ``attention`` is the paper's
+  Eq.(7), ``mult`` the product alone. A product of two ``N(0, 0.02)`` rows is tiny, so with a product the base tables
+  are drawn from ``N(0, sqrt(0.02))`` (``base_table_init``).
+- The context table is ``factorized`` by default (``E_prev[c_prev] + E_cur[c_cur] + E_slot[slot]``,
+  ``(2(C + 1) + S) D`` parameters): the paper's joint table (``context_mode: joint``) has one row per context tuple
+  seen in training, up to ``(C + 1)^2 S``, which on ml-100k is several times the item tables and makes LSAN larger
+  than SASRec (docs/LSAN.md).
+- ``hidden_size`` defaults to 64 (the paper: 128), so that LSAN with no flag is smaller than SASRec's RecBole default.
 - Residual connections, LayerNorm and dropout are never mentioned by the paper; we use SASRec's post-LN residual
   blocks, an embedding LayerNorm and dropout 0.5 (``use_residual_ln: False`` removes the residual blocks).
 - Attention heads are full width (``D`` per head), as the paper's cost ``O(H(LD + 3D^2))`` implies.
@@ -27,8 +43,9 @@ Where we depart from (or had to reconstruct) the paper, and why:
 - Hour slots come from the dataset field ``<TIME_FIELD>_slot`` that :class:`LSANDataset` computes from the raw
   timestamps before RecBole's normalisation, so that LSAN keeps every other model's split (see
   :mod:`recbole_compress.data.time_slot_dataset`).
-- Without context (``use_context: False``) the base vectors are summed (the QR embedding of the paper's first
-  ablation) and only the position embeddings carry order.
+- Without context (``use_context: False``) the base vectors are merged without attention: ``attention`` falls back to
+  their sum (the QR embedding of the paper's first ablation), ``attention_mult`` to their product; only the position
+  embeddings carry order.
 
 History categories and times come from the item features and ``<TIME_FIELD>_slot_list``; the target's own columns in
 the batch (its ``timestamp``, its joined item features) are never read.
