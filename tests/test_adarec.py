@@ -238,6 +238,32 @@ def test_training_input_never_contains_the_target(tiny_config):
         h.remove()
 
 
+NON_CAUSAL = [["std_cnn_5"], ["max_pool", "dil_cnn_3"], ["avg_pool", "std_cnn_3", "dil_cnn_5"]]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_last_valid_item_does_not_depend_on_the_padding_after_it(tiny_config, training):
+    """A student of non-causal operations: the representation at each sequence's last item is the same whether the
+    batch is padded to MAX_ITEM_LIST_LENGTH, cut to its longest sequence, or each sequence is run alone without
+    padding (training mode with dropout off: the BatchNorm statistics exclude padding too)."""
+    config, train, *_ = setup("AdaRec", adarec_config(tiny_config, adarec_arch=NON_CAUSAL, retrain_init="random",
+                                                      dropout_prob=0.0, MAX_ITEM_LIST_LENGTH=12))
+    torch.manual_seed(0)
+    model = get_model("AdaRec")(config, train._dataset)
+    model.train(training)
+    batch = next(iter(train))
+    seq, lengths = batch["item_id_list"][:16], batch["item_length"][:16]
+    assert seq.size(1) == 12 and int(lengths.max()) < 12 and len(set(lengths.tolist())) > 2
+    full = model.forward(seq, lengths)
+    cut = model.forward(seq[:, : int(lengths.max())], lengths)
+    torch.testing.assert_close(cut, full)
+    if training:  # one sequence alone has other batch statistics: compare batches only
+        return
+    for b in range(len(seq)):
+        n = int(lengths[b])
+        torch.testing.assert_close(model.forward(seq[b:b + 1, :n], lengths[b:b + 1]), full[b:b + 1])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # search trainer
 # ---------------------------------------------------------------------------------------------------------------
