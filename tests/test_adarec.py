@@ -144,9 +144,11 @@ def test_genotype_is_the_argmax_per_edge(tiny_config):
 # the search loss
 # ---------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("direction", ["forward", "reverse"])
-def test_loss_parts_by_hand(tiny_config, direction):
-    supernet, teacher, config, train, *_ = supernet_with_teacher(tiny_config, kd_kl_direction=direction)
+@pytest.mark.parametrize("direction, cost", [("forward", "absolute"), ("reverse", "absolute"), ("forward", "relative")])
+def test_loss_parts_by_hand(tiny_config, direction, cost):
+    cost_keys = (dict(efficiency_loss="absolute", efficiency_beta=8.0, op_cost_mode="reference") if cost == "absolute"
+                 else dict(efficiency_loss="relative", efficiency_beta=0.3, op_cost_mode="fraction"))
+    supernet, teacher, config, train, *_ = supernet_with_teacher(tiny_config, kd_kl_direction=direction, **cost_keys)
     supernet.eval()  # no dropout, BatchNorm running statistics, EMD weights kept
     batch = next(iter(train))
     weights = fixed_weights(supernet)
@@ -163,11 +165,18 @@ def test_loss_parts_by_hand(tiny_config, direction):
         kl = F.kl_div(F.log_softmax(s_logits, -1), F.softmax(t_logits, -1), reduction="batchmean")
     else:
         kl = F.kl_div(F.log_softmax(t_logits, -1), F.softmax(s_logits, -1), reduction="batchmean")
-    costs = op_cost_table()
-    chosen = sum(float(costs[CANDIDATE_OPS.index(n)]) for node in GENOTYPE for n in node)
     torch.testing.assert_close(parts[0], 0.5 * ce)
     torch.testing.assert_close(parts[2], 0.5 * kl)
-    assert float(parts[4].detach()) == pytest.approx(8.0 * chosen, rel=1e-6)
+    if cost == "absolute":
+        costs = op_cost_table()
+        chosen = sum(float(costs[CANDIDATE_OPS.index(n)]) for node in GENOTYPE for n in node)
+        assert float(parts[4].detach()) == pytest.approx(8.0 * chosen, rel=1e-6)
+    else:  # beta x task loss x the cell's cost fraction: cau_cnn_3, std_cnn_5, two pools, skip and none (width 8)
+        k3 = (3 * 64 + 24) / (5 * 64 + 24)  # params and MACs of a kernel-3 conv over a kernel-5 one
+        pool = 0.5 * 8 * 10 / ((5 * 64 + 24) * 10)  # no params; MACs d x L over the kernel-5 conv's
+        fraction = (k3 + 1 + 2 * pool) / 6
+        task = float(sum(parts[:4]))
+        assert float(parts[4].detach()) == pytest.approx(0.3 * task * fraction, rel=1e-6)
 
 
 def test_ablation_switches_zero_only_their_term(tiny_config):
@@ -182,11 +191,53 @@ def test_ablation_switches_zero_only_their_term(tiny_config):
     for index, key in enumerate(("w_ce", "w_kd_emb", "w_kd_pred", "w_kd_hidden")):
         switched = parts(**{key: 0.0})
         assert switched[index] == 0
-        keep = [k for k in range(5) if k != index]
+        keep = [k for k in range(4) if k != index]
         torch.testing.assert_close(switched[keep], base[keep])
+        # the relative cost term follows the task loss: the same fraction of it
+        torch.testing.assert_close(switched[4] / switched[:4].sum(), base[4] / base[:4].sum())
     assert parts(efficiency_beta=0.0)[4] == 0
     no_kd = parts(kd_gamma=0.0)
     assert torch.all(no_kd[1:4] == 0) and no_kd[0] == pytest.approx(2 * float(base[0]))
+
+
+@pytest.mark.parametrize("form", ["relative", "absolute"])
+def test_relative_cost_steps_do_not_depend_on_the_task_losss_scale(tiny_config, form):
+    """Task loss x 10 (every task weight x 10, as a sum over positions instead of a mean would do): with the relative
+    cost the architecture gradient is exactly 10x, so Adam takes the same step; the absolute cost's weight would mean
+    something else (the balance shifts)."""
+    steps, grads = [], []
+    for scale in (1.0, 10.0):
+        weights = {k: scale for k in ("w_ce", "w_kd_emb", "w_kd_pred", "w_kd_hidden")}
+        supernet, *_, train, _, _ = supernet_with_teacher(tiny_config, efficiency_loss=form, efficiency_beta=0.5,
+                                                          **weights)
+        supernet.eval()  # no dropout, no EMD re-weighting: the two runs differ only by the scale
+        optimizer = torch.optim.AdamW(supernet.arch_parameters(), lr=0.01)
+        torch.manual_seed(1)
+        sum(supernet.calculate_loss(next(iter(train)))).backward()
+        grads.append(torch.cat([a.grad.flatten() for a in supernet.alphas]))
+        optimizer.step()
+        steps.append(torch.cat([a.detach().flatten() for a in supernet.alphas]))
+    if form == "relative":
+        torch.testing.assert_close(grads[1], 10 * grads[0])
+        torch.testing.assert_close(steps[1], steps[0])
+    else:
+        assert not torch.allclose(grads[1], 10 * grads[0], rtol=1e-3)
+
+
+def test_cost_term_moves_the_architecture_only(tiny_config):
+    """The relative cost term stops the task loss's gradient: the network weights get the task's gradient whatever
+    beta is; the architecture logits' gradient changes with it."""
+    grads = {}
+    for beta in (0.0, 2.0):
+        supernet, *_, train, _, _ = supernet_with_teacher(tiny_config, efficiency_loss="relative", efficiency_beta=beta)
+        supernet.eval()
+        torch.manual_seed(1)
+        sum(supernet.calculate_loss(next(iter(train)))).backward()
+        grads[beta] = ([p.grad.clone() for p in supernet.weight_parameters() if p.grad is not None],
+                       torch.cat([a.grad.flatten() for a in supernet.alphas]))
+    for a, b in zip(grads[0.0][0], grads[2.0][0]):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(grads[0.0][1], grads[2.0][1])
 
 
 def test_hidden_distances_read_valid_positions_only(tiny_config):
@@ -228,16 +279,43 @@ def test_training_input_never_contains_the_target(tiny_config):
     first = supernet.calculate_loss(batch)
     inputs = list(seen)
     assert len(inputs) == 2 and all(torch.equal(x, batch["item_id_list"]) for x in inputs)
-    # the targets changed -> the inputs and everything computed from them are unchanged; only the CE term moves
+    # the targets changed -> the inputs and everything computed from them are unchanged; only the CE term moves (and
+    # the relative cost term, a fraction of the task loss)
     seen.clear()
     other = Interaction({k: v.clone() for k, v in batch.interaction.items()})
     other.interaction["item_id"] = (batch["item_id"] % (supernet.n_items - 1)) + 1
     second = supernet.calculate_loss(other)
     assert all(torch.equal(a, b) for a, b in zip(seen, inputs))
-    torch.testing.assert_close(torch.stack(first[1:]), torch.stack(second[1:]))
+    torch.testing.assert_close(torch.stack(first[1:4]), torch.stack(second[1:4]))
     assert not torch.isclose(first[0], second[0])
     for h in hooks:
         h.remove()
+
+
+NON_CAUSAL = [["std_cnn_5"], ["max_pool", "dil_cnn_3"], ["avg_pool", "std_cnn_3", "dil_cnn_5"]]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_last_valid_item_does_not_depend_on_the_padding_after_it(tiny_config, training):
+    """A student of non-causal operations: the representation at each sequence's last item is the same whether the
+    batch is padded to MAX_ITEM_LIST_LENGTH, cut to its longest sequence, or each sequence is run alone without
+    padding (training mode with dropout off: the BatchNorm statistics exclude padding too)."""
+    config, train, *_ = setup("AdaRec", adarec_config(tiny_config, adarec_arch=NON_CAUSAL, retrain_init="random",
+                                                      dropout_prob=0.0, MAX_ITEM_LIST_LENGTH=12))
+    torch.manual_seed(0)
+    model = get_model("AdaRec")(config, train._dataset)
+    model.train(training)
+    batch = next(iter(train))
+    seq, lengths = batch["item_id_list"][:16], batch["item_length"][:16]
+    assert seq.size(1) == 12 and int(lengths.max()) < 12 and len(set(lengths.tolist())) > 2
+    full = model.forward(seq, lengths)
+    cut = model.forward(seq[:, : int(lengths.max())], lengths)
+    torch.testing.assert_close(cut, full)
+    if training:  # one sequence alone has other batch statistics: compare batches only
+        return
+    for b in range(len(seq)):
+        n = int(lengths[b])
+        torch.testing.assert_close(model.forward(seq[b:b + 1, :n], lengths[b:b + 1]), full[b:b + 1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -422,7 +500,7 @@ def test_bad_configuration_is_refused_before_training(tiny_config, extra, messag
 
 @pytest.mark.parametrize("key, value, message", [
     ("kd_kl_direction", "both", "kd_kl_direction must be one of forward, reverse"),
-    ("op_cost_mode", "official", "op_cost_mode must be one of reference, actual"),
+    ("op_cost_mode", "official", "op_cost_mode must be one of reference, actual, fraction"),
     ("kd_gamma", 1.5, "kd_gamma must be in"),
     ("eval_arch", "best", "eval_arch must be one of argmax, sample"),
 ])

@@ -62,3 +62,24 @@ def test_genotype_validation_names_the_key_and_allowed_values():
     with pytest.raises(ValueError, match="allowed: std_cnn_3"):
         validate_genotype([["conv_7"], ["none", "none"], ["none"] * 3], 3)
     assert validate_genotype(GENOTYPE, 3) == GENOTYPE
+
+
+@pytest.mark.parametrize("supernet", [False, True])
+def test_valid_outputs_do_not_depend_on_the_padding(supernet):
+    """The same sequences padded to 6 or to 11 positions with different garbage: the same cell output at every valid
+    position (training mode: the BatchNorm statistics exclude padding), zeros at padded positions."""
+    genotype = [["std_cnn_5"], ["max_pool", "dil_cnn_3"], ["avg_pool", "std_cnn_3", "dil_cnn_5"]]
+    lengths = torch.tensor([2, 6, 4])
+    x = torch.randn(3, 6, 5)
+    outs = []
+    for total, garbage in ((6, 30.0), (11, -7.0)):
+        mask = torch.arange(total)[None, :] < lengths[:, None]
+        padded = torch.full((3, total, 5), garbage)
+        padded[:, :6][mask[:, :6]] = x[mask[:, :6]]
+        torch.manual_seed(0)
+        cell = NASCell(5, 3, None if supernet else genotype)
+        weights = [torch.softmax(a * 3, -1) for a in _alphas_for(genotype)] if supernet else None
+        out = cell(padded, weights, mask)
+        assert not out[~mask].any()
+        outs.append(out[:, :6][mask[:, :6]])
+    torch.testing.assert_close(outs[0], outs[1])

@@ -46,12 +46,14 @@ class GumbelMixedOp(nn.Module):
     def op_names(self):
         return list(self.ops.keys())
 
-    def forward(self, x, weights=None):
-        """``sum_o weights[o] * op_o(x)``; ``weights`` may be omitted when the edge holds one operation."""
+    def forward(self, x, weights=None, mask=None):
+        """``sum_o weights[o] * op_o(x)``; ``weights`` may be omitted when the edge holds one operation. A ``mask``
+        (valid positions, ``[B, L]``) is passed on to every operation as ``op(x, mask)``."""
+        args = (x,) if mask is None else (x, mask)
         if weights is None:
             if len(self.ops) != 1:
                 raise ValueError(f"this edge has {len(self.ops)} candidate operations: give their weights")
-            return next(iter(self.ops.values()))(x)
+            return next(iter(self.ops.values()))(*args)
         if weights.shape[-1] != len(self.ops):
             raise ValueError(f"expected {len(self.ops)} weights, got shape {tuple(weights.shape)}")
         all_ops = torch.is_grad_enabled() and weights.requires_grad
@@ -59,7 +61,7 @@ class GumbelMixedOp(nn.Module):
         for w, op in zip(weights, self.ops.values()):
             if not all_ops and float(w) == 0.0:
                 continue
-            term = w * op(x)
+            term = w * op(*args)
             out = term if out is None else out + term
         return torch.zeros_like(x) if out is None else out
 

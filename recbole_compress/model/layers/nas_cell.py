@@ -7,6 +7,10 @@ has ``M(M+1)/2`` edges, ordered ``(0->1), (0->2), (1->2), (0->3), (1->3), (2->3)
     n_j = sum_{i<j} edge_{i,j}( ReLU(n_i) )                    j = 1..M
     out = ReLU( LayerNorm( sum_j softmax(a)_j * n_j ) ) + n_0  (a: M learned "attention" logits per cell)
 
+With a ``mask`` of valid positions (right-padded sequences) every node and the output are zero at padded positions,
+and the operations read them as absent (:mod:`recbole_compress.model.layers.nas_ops`), so the output at a valid
+position does not depend on the padding after it (the cell's input is expected to be zero there too).
+
 A *genotype* names one operation per edge, nested by node: ``[[op_01], [op_02, op_12], [op_03, op_13, op_23]]``.
 A supernet cell (``genotype=None``) holds all candidates on every edge and takes the operation weights of each node,
 ``weights[j-1]`` of shape ``[j, n_ops]``; a derived cell holds only the chosen operation per edge, under the same
@@ -85,8 +89,9 @@ class NASCell(nn.Module):
     def is_supernet(self):
         return self.genotype is None
 
-    def forward(self, x, weights=None):
-        """``x`` ``[B, L, d]``; ``weights`` (supernet only): list of ``[j, n_ops]`` tensors, one per node ``j``."""
+    def forward(self, x, weights=None, mask=None):
+        """``x`` ``[B, L, d]``; ``weights`` (supernet only): list of ``[j, n_ops]`` tensors, one per node ``j``;
+        ``mask`` ``[B, L]``: valid positions (optional)."""
         if self.is_supernet and weights is None:
             raise ValueError("a supernet cell needs the operation weights of each node")
         nodes = [x]
@@ -94,9 +99,10 @@ class NASCell(nn.Module):
             total = None
             for i in range(j):
                 edge = self.edges[edge_index(i, j)]
-                out = edge(F.relu(nodes[i]), None if weights is None else weights[j - 1][i])
+                out = edge(F.relu(nodes[i]), None if weights is None else weights[j - 1][i], mask)
                 total = out if total is None else total + out
             nodes.append(total)
         attention = torch.softmax(self.node_attention, dim=0)
         mixed = sum(attention[j - 1] * nodes[j] for j in range(1, self.num_nodes + 1))
-        return F.relu(self.layer_norm(mixed)) + x
+        out = F.relu(self.layer_norm(mixed)) + x
+        return out if mask is None else out * mask.unsqueeze(-1).to(out.dtype)

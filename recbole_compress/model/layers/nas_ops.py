@@ -24,6 +24,13 @@ name            definition (``d`` channels, dilation ``r`` = 2 by default)      
 The non-causal operations see positions after ``t`` at position ``t``. In RecBole's training (the target is the
 item after the last valid position, and the sequence is right-padded with id 0) that is never the target, so all ten
 are safe; under left-to-right training on every position (the authors' released code) they would see the label.
+
+**Padding.** Every operation takes an optional ``mask`` ``[B, L]`` (true or 1 at valid positions of right-padded
+sequences). With it, padded positions read as absent: the input is zero there (``-inf`` for max pooling), the
+output is zero there, and the BatchNorm of the convolutions takes its statistics over valid positions only
+(:class:`MaskedBatchNorm1d`). The output at a valid position is then exactly what the unpadded sequence gives (the
+positions after its last item are the operation's own boundary padding), whatever the amount of padding and whatever
+the padded positions hold; without a mask the operations read every position, padding included.
 """
 import torch
 from torch import nn
@@ -45,8 +52,49 @@ CANDIDATE_OPS = (
 CONV_KINDS = {"std": "standard", "dil": "dilated", "cau": "causal"}
 
 
+def _valid(mask, x):
+    """``mask`` ``[B, L]`` as ``[B, L, 1]`` in ``x``'s dtype."""
+    return mask.unsqueeze(-1).to(x.dtype)
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d over ``[B, C, L]`` whose batch statistics (and running estimates) use the valid positions only.
+
+    ``forward(x, mask)``: ``mask`` ``[B, L]`` marks the valid positions; in training the mean and the biased variance
+    per channel are taken over them (the running variance gets the unbiased one, as torch's), in evaluation the
+    running estimates are used. Without a mask it is ``nn.BatchNorm1d`` (same parameters and buffers, so checkpoints
+    load either way). Padded positions of the output are not zeroed here.
+    """
+
+    def forward(self, x, mask=None):
+        if mask is None:
+            return super().forward(x)
+        if not self.training and self.track_running_stats:
+            mean, var = self.running_mean, self.running_var
+        else:
+            m = mask.unsqueeze(1).to(x.dtype)  # [B, 1, L]
+            n = m.sum().clamp_min(1.0)
+            mean = (x * m).sum((0, 2)) / n
+            var = (((x - mean[None, :, None]) * m) ** 2).sum((0, 2)) / n
+            if self.training and self.track_running_stats:
+                self._update_running(mean.detach(), var.detach(), n)
+        scale = torch.rsqrt(var + self.eps)
+        out = (x - mean[None, :, None]) * scale[None, :, None]
+        if self.affine:
+            out = out * self.weight[None, :, None] + self.bias[None, :, None]
+        return out
+
+    @torch.no_grad()
+    def _update_running(self, mean, var, n):
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * n / (n - 1).clamp_min(1.0)
+        self.running_mean.lerp_(mean, momentum)
+        self.running_var.lerp_(unbiased, momentum)
+
+
 class ConvOp(nn.Module):
-    """1-D convolution over the sequence followed by BatchNorm1d, on ``[B, L, d]``.
+    """1-D convolution over the sequence followed by BatchNorm1d, on ``[B, L, d]`` (``mask``: see the module notes).
 
     Args:
         channels (int): input and output channels ``d``.
@@ -69,13 +117,16 @@ class ConvOp(nn.Module):
         self.left_pad = span if mode == "causal" else 0
         padding = 0 if mode == "causal" else span // 2
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=self.dilation, padding=padding)
-        self.bn = nn.BatchNorm1d(channels)
+        self.bn = MaskedBatchNorm1d(channels)
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
+        if mask is not None:
+            x = x * _valid(mask, x)
         h = x.transpose(1, 2)
         if self.left_pad:
             h = nn.functional.pad(h, (self.left_pad, 0))
-        return self.bn(self.conv(h)).transpose(1, 2)
+        out = self.bn(self.conv(h), mask).transpose(1, 2)
+        return out if mask is None else out * _valid(mask, out)
 
     def extra_repr(self):
         return f"mode={self.mode}, kernel_size={self.kernel_size}, dilation={self.dilation}"
@@ -95,21 +146,26 @@ class PoolOp(nn.Module):
         else:
             self.pool = nn.AvgPool1d(kernel_size, stride=1, padding=pad)
 
-    def forward(self, x):
-        return self.pool(x.transpose(1, 2)).transpose(1, 2)
+    def forward(self, x, mask=None):
+        if mask is None:
+            return self.pool(x.transpose(1, 2)).transpose(1, 2)
+        valid = mask.unsqueeze(-1).bool()
+        # padded positions read as the pooling's own boundary padding: -inf for max, 0 (counted) for average
+        x = x.masked_fill(~valid, float("-inf") if self.kind == "max" else 0.0)
+        return self.pool(x.transpose(1, 2)).transpose(1, 2).masked_fill(~valid, 0.0)
 
 
 class SkipOp(nn.Module):
-    """Identity."""
+    """Identity (zero at padded positions when a mask is given)."""
 
-    def forward(self, x):
-        return x
+    def forward(self, x, mask=None):
+        return x if mask is None else x * _valid(mask, x)
 
 
 class ZeroOp(nn.Module):
     """Zeros (the edge is absent)."""
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
         return torch.zeros_like(x)
 
 

@@ -22,7 +22,11 @@ Departures from the paper, and why:
 - Trained and searched on RecBole's prefix-augmented sequences with the loss at the last valid position, where the
   input never contains the target. The authors' code trains left-to-right on every position, where the non-causal
   operations (standard/dilated convolutions, pooling) see the next item, i.e. the label.
-- Right padding with id 0 and ``padding_idx=0`` (the authors' code left-pads).
+- Right padding with id 0 and ``padding_idx=0`` (the authors' code left-pads). Padded positions are masked: they are
+  zero after the embedding (no position embedding) and after every operation, and the convolutions' BatchNorm takes
+  its statistics over valid positions only, so the representation at the last valid item does not depend on how much
+  padding follows it (the authors' code feeds padding, with its position embeddings, through every operation and
+  into the BatchNorm statistics).
 - Retraining is cross-entropy only, as the authors' fine-tuning script does (the paper does not say); the
   cross-scene protocol's retraining with the teacher is not implemented.
 """
@@ -204,17 +208,20 @@ class AdaRec(SequentialRecommender):
 
     # -- forward -------------------------------------------------------------------------------------------------
     def _encode(self, item_seq, weights=None):
-        """``(embedding [B, L, d], outputs of every cell)``; ``weights``: operation weights of a supernet."""
+        """``(embedding [B, L, d], outputs of every cell)``, zero at padded positions; ``weights``: operation weights
+        of a supernet."""
         if len(self.cells) == 0:
             raise RuntimeError(
                 "AdaRec has no architecture yet: train it through its trainer (which searches one), or give "
                 "adarec_arch, adarec_arch_file or search_checkpoint"
             )
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
+        mask = item_seq != 0
         emb = self.emb_dropout(self.item_embedding(item_seq) + self.position_embedding(positions))
+        emb = emb * mask.unsqueeze(-1).to(emb.dtype)  # padded positions hold nothing, not their position embedding
         h, outs = emb, []
         for cell in self.cells:
-            h = cell(h, weights)
+            h = cell(h, weights, mask)
             outs.append(h)
         return emb, outs
 

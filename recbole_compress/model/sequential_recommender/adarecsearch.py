@@ -22,8 +22,14 @@ step). The loss (Eq. 16) is returned as its parts::
 - ``L_hidden``: EMD between the teacher's ``N`` distillation taps and the student's ``K`` cell outputs projected by
   one shared ``W_h``, ground distance = KL between channel softmaxes averaged over valid positions, masses updated by
   BERT-EMD's rule (:mod:`recbole_compress.model.layers.emd_mapper`, Eqs. 5-12);
-- ``L_E``: the cost of the sampled operations (:mod:`recbole_compress.model.layers.op_cost`, Eq. 14), summed over the
-  edges of one cell (the cells share ``alpha``).
+- ``L_E``: the cost of the sampled operations (:mod:`recbole_compress.model.layers.op_cost`, Eq. 14) of one cell
+  (the cells share ``alpha``). ``efficiency_loss: relative`` (default) makes ``beta`` a relative weight: the last
+  part is ``beta * stopgrad(L_task) * c^``, with ``L_task`` the sum of the four other parts and ``c^`` in [0, 1] the
+  sampled cell's cost as a fraction of the way from the cheapest cell to the costliest (linear params + MACs at the
+  student's size, ``op_cost_mode: fraction``), so ``beta`` means the same on every dataset, width and loss reduction
+  (the architecture follows ``log L_task + beta * c^``). ``absolute`` is Eq. 16 as written, ``beta * sum_e
+  <y_e, c>`` (with ``op_cost_mode: reference``, the authors' constants and ``beta = 8``, which were made for task
+  losses summed over every position).
 
 The teacher is frozen, kept out of the module tree (not saved, counted or optimised) and run under ``no_grad``.
 Validation uses the argmax architecture (``eval_arch: argmax``, ``search_eval_arch`` in an AdaRec run) or a fresh
@@ -42,11 +48,12 @@ from recbole_compress.model.layers.emd_mapper import EMDLayerMapper
 from recbole_compress.model.layers.gumbel_mixed_op import argmax_onehot, gumbel_softmax_sample
 from recbole_compress.model.layers.nas_cell import NASCell
 from recbole_compress.model.layers.nas_ops import CANDIDATE_OPS
-from recbole_compress.model.layers.op_cost import cost_loss, op_cost_table
+from recbole_compress.model.layers.op_cost import cost_loss, op_cost_fractions, op_cost_table, relative_cost_loss
 from recbole_compress.model.sequential_recommender.adarec import AdaRec
 from recbole_compress.errors import ConfigError
 
-OP_COST_MODES = ("reference", "actual")
+OP_COST_MODES = ("reference", "actual", "fraction")
+COST_FORMS = ("relative", "absolute")
 KL_DIRECTIONS = ("forward", "reverse")
 EVAL_ARCHS = ("argmax", "sample")
 
@@ -67,6 +74,7 @@ class AdaRecSearch(AdaRec):
         self.gumbel_hard = config["gumbel_hard"]
         self.emd_weight_temperature = config["emd_weight_temperature"]
         self.emd_update_weights = config["emd_update_weights"]
+        self.relative_cost = COST_FORMS.index(config["efficiency_loss"]) == 0
         if not 0 <= self.gamma <= 1:
             raise ConfigError(f"kd_gamma must be in [0, 1], got {self.gamma!r}")
         if self.beta < 0:
@@ -92,6 +100,8 @@ class AdaRecSearch(AdaRec):
         )
         if config["op_cost_mode"] == "reference":
             costs = op_cost_table(CANDIDATE_OPS, config["op_cost_ref_channels"], config["op_cost_ref_length"])
+        elif config["op_cost_mode"] == "fraction":
+            costs = op_cost_fractions(CANDIDATE_OPS, self.embedding_size, self.max_seq_length)
         else:
             costs = op_cost_table(CANDIDATE_OPS, self.embedding_size, self.max_seq_length)
         self.register_buffer("op_costs", costs.float(), persistent=False)
@@ -190,13 +200,14 @@ class AdaRecSearch(AdaRec):
         kl = self._kl(t_log, s_log) if self.kl_direction == "forward" else self._kl(s_log, t_log)
         l_pred = kl.mean()
         l_hidden, _ = self.emd(self.hidden_distances(t_hiddens, s_hiddens, mask))
-        l_cost = cost_loss(weights, self.op_costs)
 
         g, w = self.gamma, self.loss_weights
-        return (
+        task = (
             (1 - g) * w["w_ce"] * ce,
             g * w["w_kd_emb"] * l_emb,
             g * w["w_kd_pred"] * l_pred,
             g * w["w_kd_hidden"] * l_hidden,
-            self.beta * l_cost,
         )
+        if self.relative_cost:
+            return task + (relative_cost_loss(sum(task), weights, self.op_costs, self.beta),)
+        return task + (self.beta * cost_loss(weights, self.op_costs),)
