@@ -72,6 +72,7 @@ from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_compress.model.layers.code_assignment import fit_codebooks, resolve_collisions
 from recbole_compress.model.layers.code_encoder import GumbelCodeEncoder, fit_codes
 from recbole_compress.model.layers.codebook_embedding import SCORE_METHODS, CodebookEmbedding, code_statistics
 from recbole_compress.model.layers.distillation_losses import KL_REDUCTIONS, info_nce, soft_label_kl
@@ -87,6 +88,7 @@ from recbole_compress.utils import ConfigError
 STAGES = ("pretrain", "distill")
 CODE_FREEZE_MODES = ("argmax", "sample")
 MSE_REDUCTIONS = ("item_sum_mean", "code")
+COLLISION_HANDLING = ("repair", "none")
 
 
 def hot_items(item_seq_matrix, n_items, hot_ratio):
@@ -120,6 +122,7 @@ class EODRec(SequentialRecommender):
         self.codebook_size = config["codebook_size"]
         self.gumbel_tau = config["gumbel_tau"]
         self.mixup_eta = config["mixup_eta"]
+        self.mixup_anneal_epochs = config["mixup_anneal_epochs"]
         self.mse_weight = config["mse_weight"]
         self.mse_reduction = config["mse_reduction"]
         self.contrastive_weight = config["contrastive_weight"]
@@ -131,6 +134,8 @@ class EODRec(SequentialRecommender):
         self.teacher_rec_weight = config["teacher_rec_weight"]
         self.code_freeze_mode = config["code_freeze_mode"]
         self.code_fit = {k: config[f"code_fit_{k}"] for k in ("steps", "learning_rate", "batch_size", "tau_start")}
+        self.code_collision_handling = config["code_collision_handling"]
+        self.codebook_refit = bool(config["codebook_refit"])
         self.code_collision_warning = config["code_collision_warning"]
         self.score_method = config["score_method"]
         self.init_method = config["init_method"]
@@ -155,6 +160,9 @@ class EODRec(SequentialRecommender):
         })
         self.loss_fct = nn.CrossEntropyLoss()
         self.register_buffer("stage_flag", torch.zeros((), dtype=torch.long))  # 0 pretrain, 1 distill (saved)
+        self.register_buffer("mixup_progress", torch.zeros(()))  # share of the stage-two mixup annealing done (saved)
+        self.mixup_steps_per_epoch = None  # set by the trainer (set_mixup_schedule)
+        self.code_assignment = None  # what freeze_codes did to the codes (a report)
         self.register_buffer(
             "is_hot", hot_items(dataset.inter_feat[self.ITEM_SEQ], self.n_items, config["hot_ratio"]), persistent=False
         )
@@ -293,8 +301,24 @@ class EODRec(SequentialRecommender):
 
     @torch.no_grad()
     def freeze_codes(self):
-        """End of stage one: fix the code matrix (``code_freeze_mode``) and switch to the distillation stage."""
-        self.item_codebook.set_codes(self.encoder_codes(self.code_freeze_mode))
+        """End of stage one: fix the code matrix (``code_freeze_mode``), make the codes unique
+        (``code_collision_handling: repair``, :func:`~recbole_compress.model.layers.code_assignment.resolve_collisions`:
+        each item sharing a code but the best reconstructed one moves to the free code nearest its teacher embedding),
+        optionally refit the codebooks to the teacher's table by least squares (``codebook_refit``), and switch to the
+        distillation stage. What happened is kept in ``self.code_assignment``."""
+        codes = self.encoder_codes(self.code_freeze_mode)
+        x = self.teacher_table().detach()
+        books = self.item_codebook.codebooks
+        report = {"before": code_statistics(codes, self.codebook_size)}
+        if self.code_collision_handling == "repair":
+            repaired, info = resolve_collisions(codes[1:], books, x[1:])
+            codes = torch.cat([codes[:1], repaired.to(codes.device)])
+            report.update(info)
+        if self.codebook_refit:
+            books.copy_(fit_codebooks(codes[1:], x[1:], self.codebook_size).to(books))
+        self.item_codebook.set_codes(codes)
+        report["after"] = self.item_codebook.statistics()
+        self.code_assignment = report
         self.set_stage("distill")
 
     def train(self, mode=True):
@@ -304,6 +328,24 @@ class EODRec(SequentialRecommender):
             self.item_codebook.set_codes(self.encoder_codes("argmax"))
         return self
 
+    # -- embedding mixup schedule ----------------------------------------------------------------------------------
+    def set_mixup_schedule(self, steps_per_epoch):
+        """Training steps per epoch (the trainer's), for annealing the stage-two mixup per step."""
+        self.mixup_steps_per_epoch = int(steps_per_epoch)
+
+    def current_mixup_eta(self):
+        """``eta`` of the mixup now: ``mixup_eta`` in stage one; in stage two it decays linearly to 0 over
+        ``mixup_anneal_epochs`` epochs (0: no mixup in stage two; None: constant, the paper)."""
+        if self.stage == "pretrain" or self.mixup_anneal_epochs is None:
+            return self.mixup_eta
+        if self.mixup_anneal_epochs <= 0:
+            return 0.0
+        return self.mixup_eta * max(0.0, 1.0 - float(self.mixup_progress))
+
+    def _advance_mixup(self):
+        if self.stage == "distill" and self.mixup_anneal_epochs and self.mixup_steps_per_epoch:
+            self.mixup_progress.add_(1.0 / (self.mixup_anneal_epochs * self.mixup_steps_per_epoch))
+
     # -- training tables -------------------------------------------------------------------------------------------
     def _mse(self, approx, target):
         if self.mse_reduction == "code":  # the authors' code: mean over all entries, divided by n_items again
@@ -311,7 +353,8 @@ class EODRec(SequentialRecommender):
         return ((approx[1:] - target[1:]) ** 2).sum(-1).mean()  # Eq. 14 over the real items
 
     def training_tables(self):
-        """``(E', L_mse)``: the mixup table ``eta*X + (1-eta)*E`` used in training and the reconstruction loss."""
+        """``(E', L_mse)``: the training table (the mixup ``eta*X + (1-eta)*E`` while ``eta > 0``, else the composite
+        table ``E`` itself) and the reconstruction loss."""
         x = self.teacher_table()
         if self.stage == "pretrain":
             x = x.detach()
@@ -321,10 +364,8 @@ class EODRec(SequentialRecommender):
         else:
             composite = self.item_codebook.table()
             mse = self._mse(composite, x.detach())
-        if self.mixup_eta > 0:
-            mixed = self.mixup_eta * x + (1.0 - self.mixup_eta) * composite
-        else:
-            mixed = composite
+        eta = self.current_mixup_eta()
+        mixed = eta * x + (1.0 - eta) * composite if eta > 0 else composite
         return mixed, mse
 
     # -- model -----------------------------------------------------------------------------------------------------
@@ -365,6 +406,8 @@ class EODRec(SequentialRecommender):
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         pos_items = interaction[self.POS_ITEM_ID]
         mixed, mse = self.training_tables()
+        if self.training:
+            self._advance_mixup()
         theta_s = self.forward(item_seq, item_seq_len, mixed)
         logits_s = theta_s @ mixed.t()
         rec = self.loss_fct(logits_s, pos_items)
@@ -427,6 +470,9 @@ class EODRec(SequentialRecommender):
 
         report = size_report(self)
         report["code_statistics"] = self.item_codebook.statistics()
+        report["collision_share"] = self.collision_share(report["code_statistics"])
+        if self.code_assignment is not None:
+            report["code_assignment"] = self.code_assignment
         report["stage"] = self.stage
         report["score_method"] = self.score_method
         return report
