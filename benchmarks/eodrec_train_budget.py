@@ -134,7 +134,7 @@ def fit_trainer(args, trainer, model, train_data, valid_data, log, start):
         t0 = time.perf_counter()
         loss = trainer._train_epoch(train_data, epoch)
         score, result = trainer._valid_epoch(valid_data)
-        improved = score > trainer.best_valid_score
+        improved = bool(score > trainer.best_valid_score)
         if improved:
             trainer.best_valid_score, trainer.cur_step = score, 0
             trainer._save_checkpoint(epoch, verbose=False)
@@ -144,7 +144,8 @@ def fit_trainer(args, trainer, model, train_data, valid_data, log, start):
         longest = max(longest, took)
         loss = [float(x) for x in loss] if isinstance(loss, tuple) else float(loss)
         write(log, {"label": args.label, "epoch": epoch, "loss": loss, "valid": {k: float(v) for k, v in result.items()},
-                    "improved": improved, "epoch_minutes": took / 60, "stage": getattr(model, "stage", None)})
+                    "improved": improved, "valid_score": float(score), "epoch_minutes": took / 60,
+                    "stage": getattr(model, "stage", None)})
         elapsed = time.perf_counter() - start
         if trainer.cur_step >= trainer.stopping_step and getattr(model, "stage", "distill") == "distill":
             break

@@ -131,7 +131,8 @@ class EODRecTrainer(DistillationTrainer):
             self.logger.warning(
                 f"EODRec: {stats['items_sharing_a_code']} of {stats['items']} items ({share:.1%}) share their code "
                 f"with another item (more than code_collision_warning={model.code_collision_warning}); such items "
-                f"get the same embedding and the same score. Raise code_fit_steps or codebook_size"
+                f"get the same embedding and the same score. Use code_collision_handling: repair (or raise "
+                f"codebook_size)"
             )
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
