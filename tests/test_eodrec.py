@@ -463,6 +463,20 @@ def test_a_recbole_sasrec_can_be_the_teacher(tiny_config):
     assert not torch.is_anomaly_enabled()
 
 
+def test_student_backbone_can_start_from_the_teachers(tiny_config, teacher_file):
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, student_backbone_init="teacher")
+    trainer.prepare_teacher(train, valid)
+    trainer.start_distillation(1)
+    theirs = model.teacher.backbone.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.backbone.state_dict().items())
+    # copies, not shared tensors: a student step leaves the teacher's backbone alone
+    model.backbone.readout.f.weight.data.add_(1.0)
+    assert not torch.equal(model.backbone.readout.f.weight, model.teacher.backbone.readout.f.weight)
+    model.teacher.__dict__["backbone"] = None  # a teacher without the student's backbone is refused clearly
+    with pytest.raises(ConfigError, match="student_backbone_init"):
+        model.init_backbone_from_teacher()
+
+
 @pytest.mark.parametrize("key,value,allowed", [
     ("score_method", "fastest", "embedding_bag"),
     ("code_freeze_mode", "random", "argmax"),

@@ -9,7 +9,8 @@ at the first epoch after them the trainer
 - freezes the codes (``model.freeze_codes()``: the encoder's codes, made unique by ``code_collision_handling``, the
   codebooks optionally refitted, ``codebook_refit``) and switches the model to the distillation stage,
 - re-initialises the student's backbone and distillation heads if ``reinit_after_pretrain`` (the authors' code
-  starts stage two from a fresh backbone and keeps only the codes and codebooks),
+  starts stage two from a fresh backbone and keeps only the codes and codebooks), and copies the teacher's backbone
+  into the student's when ``student_backbone_init: teacher``,
 - unfreezes the teacher if ``teacher_trainable`` (bidirectional distillation),
 - rebuilds the optimiser: codebooks (and, in stage one, the code encoder) at ``codebook_learning_rate``, everything
   else (student backbone and heads, and the trainable teacher) at ``learning_rate``; the encoder leaves it,
@@ -110,6 +111,8 @@ class EODRecTrainer(DistillationTrainer):
         model.freeze_codes()
         if self.reinit_after_pretrain and self.pretrain_epochs > 0:
             model.reset_student_parameters()
+        if model.student_backbone_init == "teacher":
+            model.init_backbone_from_teacher()
         self._enter_distillation_teacher_mode()
         self.optimizer = self._build_optimizer()
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf

@@ -154,6 +154,7 @@ class EODRec(SequentialRecommender):
         self.code_freeze_mode = config["code_freeze_mode"]
         self.code_fit = {k: config[f"code_fit_{k}"] for k in ("steps", "learning_rate", "batch_size", "tau_start")}
         self.code_collision_handling = config["code_collision_handling"]
+        self.student_backbone_init = config["student_backbone_init"]
         self.codebook_refit = bool(config["codebook_refit"])
         self.code_collision_warning = config["code_collision_warning"]
         self.score_method = config["score_method"]
@@ -224,6 +225,21 @@ class EODRec(SequentialRecommender):
         the encoder are kept."""
         init_backbone_weights(self.backbone, self.init_method, self.init_range)
         init_backbone_weights(self.kd_heads, self.init_method, self.init_range)
+
+    @torch.no_grad()
+    def init_backbone_from_teacher(self):
+        """Copy the teacher's backbone into the student's (``student_backbone_init: teacher``). The teacher must have
+        the student's backbone (EODRecTeacher at the student's sizes); the item representation stays the codes'."""
+        source = getattr(self._require_teacher(), "backbone", None)
+        mine = self.backbone.state_dict()
+        theirs = source.state_dict() if isinstance(source, nn.Module) else {}
+        if set(theirs) != set(mine) or any(theirs[k].shape != v.shape for k, v in mine.items()):
+            raise ConfigError(
+                f"student_backbone_init: teacher needs a teacher with the student's backbone (EODRecTeacher with the "
+                f"same hidden_size, inner_size, n_layers, n_heads, MAX_ITEM_LIST_LENGTH); "
+                f"{type(self.teacher).__name__} does not have it"
+            )
+        self.backbone.load_state_dict(theirs)
 
     # -- teacher ---------------------------------------------------------------------------------------------------
     @property
