@@ -110,7 +110,8 @@ def test_stage_two_freezes_codes_and_drops_the_encoder(tiny_config, teacher_file
 
 
 def test_stage_one_switch_and_early_stopping_reset(tiny_config, teacher_file):
-    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, pretrain_epochs=1)
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, pretrain_epochs=1,
+                                                  code_collision_handling="none")
     trainer.prepare_teacher(train, valid)
     assert model.stage == "pretrain"
     assert all(not p.requires_grad for p in model.teacher.parameters())  # frozen in stage one
@@ -164,8 +165,36 @@ def test_fitted_codes_are_summarised_and_collisions_warned_about(tiny_config, te
     assert not [r for r in caplog.records if "share their code" in r.getMessage()]
 
 
-def test_mixup_is_used_in_training_only(tiny_config, teacher_file):
-    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file)
+def test_frozen_codes_are_made_unique_and_the_unshared_ones_kept(tiny_config, teacher_file):
+    # 39 items, M=2, K=8: 64 codes, enough for every item; few code-fitting steps leave shared codes
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, code_fit_steps=300,
+                                                  code_collision_handling="none")
+    trainer.prepare_teacher(train, valid)
+    model.freeze_codes()
+    encoder = model.item_codebook.codes.long().clone()
+    assert model.item_codebook.statistics()["items_sharing_a_code"] > 0
+    model.code_collision_handling = "repair"
+    model.freeze_codes()
+    stats = model.item_codebook.statistics()
+    assert stats["items_sharing_a_code"] == 0 and stats["distinct_codes"] == model.n_items - 1
+    report = model.code_assignment
+    assert report["moved"] == report["before"]["collisions"] and report["after"] == stats
+    rows = encoder.tolist()
+    unshared = torch.tensor([i for i in range(1, len(rows)) if rows[1:].count(rows[i]) == 1], dtype=torch.long)
+    assert len(unshared) > 0
+    assert torch.equal(model.item_codebook.codes.long()[unshared], encoder[unshared])
+    assert model.benchmark_report()["collision_share"] == 0.0
+    # the least-squares refit lowers the reconstruction error of the teacher's table for the frozen codes
+    x = model.teacher.item_embedding.weight.detach()[1:]
+    error = lambda: float(((model.item_codebook.table().detach()[1:] - x) ** 2).sum(-1).mean())  # noqa: E731
+    before = error()
+    model.codebook_refit = True
+    model.freeze_codes()
+    assert error() < before
+
+
+def test_mixup_is_used_in_training_only_and_annealed_to_the_composite_table(tiny_config, teacher_file):
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, mixup_anneal_epochs=None)
     trainer.prepare_teacher(train, valid)
     model.freeze_codes()
     x = model.teacher.item_embedding.weight.detach()
@@ -174,6 +203,26 @@ def test_mixup_is_used_in_training_only(tiny_config, teacher_file):
         model.mixup_eta = eta
         mixed, _ = model.training_tables()
         torch.testing.assert_close(mixed.detach(), eta * x + (1 - eta) * e)
+    # annealing: linear in the training steps of stage two, down to the composite table itself
+    model.mixup_anneal_epochs = 2
+    model.set_mixup_schedule(4)
+    batch = next(iter(train))
+    model.train()
+    etas = []
+    for _ in range(10):
+        etas.append(model.current_mixup_eta())
+        model.calculate_loss(batch)
+    assert etas[0] == pytest.approx(0.8) and etas[4] == pytest.approx(0.4) and etas[8] == pytest.approx(0.0)
+    assert etas[9] == 0.0
+    mixed, _ = model.training_tables()
+    assert torch.equal(mixed.detach(), model.item_codebook.table().detach())
+    model.mixup_anneal_epochs = 0
+    model.mixup_progress.zero_()
+    assert model.current_mixup_eta() == 0.0
+    model.set_stage("pretrain")
+    assert model.current_mixup_eta() == 0.8  # stage one keeps the paper's mixup
+    model.set_stage("distill")
+    e = model.item_codebook.table().detach()
     # evaluation: scores come from the codes alone, whatever the teacher's table holds
     batch = next(iter(train))
     model.eval()
@@ -185,6 +234,45 @@ def test_mixup_is_used_in_training_only(tiny_config, teacher_file):
     with torch.no_grad():
         theta = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
     torch.testing.assert_close(before, theta @ e.t(), rtol=1e-5, atol=1e-5)
+
+
+def _composite_cross_entropy(model, data):
+    """Mean cross-entropy of the next item, scored from the codes alone (what evaluation and the export use)."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in data:
+            scores = model.full_sort_predict(batch).view(-1, model.n_items)
+            targets = batch[model.POS_ITEM_ID]
+            total += float(torch.nn.functional.cross_entropy(scores, targets, reduction="sum"))
+            count += len(targets)
+    return total / count
+
+
+def test_student_trained_on_its_composite_table_beats_one_trained_on_the_mixup(tiny_config, tmp_path):
+    """Two students with the same teacher, codes, codebooks and initialisation; only the stage-two training table
+    differs (the composite table, or the paper's constant mixup 0.8 X + 0.2 E). Scored on the composite table (what
+    evaluation and the export use), the one trained on it must be better."""
+    root = tiny_config["data_path"]
+    teacher_cfg = {k: tiny_config[k] for k in ("dataset", "data_path", "load_col", "train_batch_size", "state",
+                                               "show_progress", "MAX_ITEM_LIST_LENGTH", "reproducibility")}
+    teacher_cfg.update({"hidden_size": 16, "inner_size": 16, "n_heads": 1, "epochs": 8, "learning_rate": 0.01,
+                        "init_method": "recbole", "checkpoint_dir": str(tmp_path), "hidden_dropout_prob": 0.1,
+                        "attn_dropout_prob": 0.1})
+    teacher = run_recbole_compress("EODRecTeacher", "tiny", config_dict=teacher_cfg, read_cmd_line=False)
+    results = {}
+    for label, anneal in (("composite", 0), ("mixup", None)):
+        _, model, trainer, train, _, _ = _student(
+            tiny_config, (teacher["checkpoint"], root), hidden_size=16, inner_size=16, pretrain_epochs=0,
+            mixup_eta=0.8, mixup_anneal_epochs=anneal, teacher_trainable=False, init_method="recbole",
+            learning_rate=0.01, codebook_learning_rate=0.01, code_fit_steps=300,
+        )
+        init_seed(2020, True)
+        trainer.prepare_teacher(train, None)
+        for epoch in range(6):
+            trainer._train_epoch(train, epoch)
+        results[label] = _composite_cross_entropy(model, train)
+    assert results["composite"] < results["mixup"] - 0.1, results
 
 
 def test_losses_are_separate_and_finite_and_soft_loss_is_teacher_to_student(tiny_config, teacher_file):
@@ -377,6 +465,20 @@ def test_a_recbole_sasrec_can_be_the_teacher(tiny_config):
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
     # importing RecBole's sequential models runs SINE's set_detect_anomaly(True); the plugin undoes it
     assert not torch.is_anomaly_enabled()
+
+
+def test_student_backbone_can_start_from_the_teachers(tiny_config, teacher_file):
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, student_backbone_init="teacher")
+    trainer.prepare_teacher(train, valid)
+    trainer.start_distillation(1)
+    theirs = model.teacher.backbone.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.backbone.state_dict().items())
+    # copies, not shared tensors: a student step leaves the teacher's backbone alone
+    model.backbone.readout.f.weight.data.add_(1.0)
+    assert not torch.equal(model.backbone.readout.f.weight, model.teacher.backbone.readout.f.weight)
+    model.teacher.__dict__["backbone"] = None  # a teacher without the student's backbone is refused clearly
+    with pytest.raises(ConfigError, match="student_backbone_init"):
+        model.init_backbone_from_teacher()
 
 
 @pytest.mark.parametrize("key,value,allowed", [

@@ -6,16 +6,20 @@ code encoder on the teacher's table alone (:meth:`EODRecTrainer.fit_codes`) and 
 ``[0, pretrain_epochs)``;
 at the first epoch after them the trainer
 
-- freezes the codes (``model.freeze_codes()``) and switches the model to the distillation stage,
+- freezes the codes (``model.freeze_codes()``: the encoder's codes, made unique by ``code_collision_handling``, the
+  codebooks optionally refitted, ``codebook_refit``) and switches the model to the distillation stage,
 - re-initialises the student's backbone and distillation heads if ``reinit_after_pretrain`` (the authors' code
-  starts stage two from a fresh backbone and keeps only the codes and codebooks),
+  starts stage two from a fresh backbone and keeps only the codes and codebooks), and copies the teacher's backbone
+  into the student's when ``student_backbone_init: teacher``,
 - unfreezes the teacher if ``teacher_trainable`` (bidirectional distillation),
 - rebuilds the optimiser: codebooks (and, in stage one, the code encoder) at ``codebook_learning_rate``, everything
   else (student backbone and heads, and the trainable teacher) at ``learning_rate``; the encoder leaves it,
 - restarts early stopping, so that the best model kept is a stage-two model.
 
-During stage one early stopping never ends the run. Checkpoints hold the student's state_dict (never the teacher) and,
-for resuming, the bidirectionally updated teacher under ``teacher_state_dict``.
+In stage two the trainer tells the model the steps of an epoch (``set_mixup_schedule``), over which the mixup is
+annealed (``mixup_anneal_epochs``). During stage one early stopping never ends the run. Checkpoints hold the
+student's state_dict (never the teacher) and, for resuming, the bidirectionally updated teacher under
+``teacher_state_dict``.
 """
 import numpy as np
 from recbole.utils import set_color
@@ -104,16 +108,22 @@ class EODRecTrainer(DistillationTrainer):
         model.freeze_codes()
         if self.reinit_after_pretrain and self.pretrain_epochs > 0:
             model.reset_student_parameters()
+        if model.student_backbone_init == "teacher":
+            model.init_backbone_from_teacher()
         self._enter_distillation_teacher_mode()
         self.optimizer = self._build_optimizer()
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
         self.best_valid_result = None
         self.cur_step = 0
         stats = model.item_codebook.statistics()
+        assignment = model.code_assignment or {}
+        before = assignment.get("before", stats)
         self.logger.info(
             set_color("EODRec stage two", "green")
-            + f" from epoch {epoch_idx}: codes frozen ({stats['distinct_codes']} distinct codes for "
-            f"{stats['items']} items, {stats['collisions']} collisions), teacher "
+            + f" from epoch {epoch_idx}: codes frozen; encoder codes: {before['items_sharing_a_code']} of "
+            f"{before['items']} items share their code (largest group {before['largest_group']}); "
+            f"{model.code_collision_handling}: {assignment.get('moved', 0)} items moved, now "
+            f"{stats['distinct_codes']} distinct codes, {stats['items_sharing_a_code']} items sharing a code; teacher "
             f"{'trainable' if model.teacher_trainable else 'frozen'}"
         )
         share = model.collision_share(stats)
@@ -121,12 +131,15 @@ class EODRecTrainer(DistillationTrainer):
             self.logger.warning(
                 f"EODRec: {stats['items_sharing_a_code']} of {stats['items']} items ({share:.1%}) share their code "
                 f"with another item (more than code_collision_warning={model.code_collision_warning}); such items "
-                f"get the same embedding and the same score. Raise code_fit_steps or codebook_size"
+                f"get the same embedding and the same score. Use code_collision_handling: repair (or raise "
+                f"codebook_size)"
             )
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if self.model.stage == "pretrain" and epoch_idx >= self.pretrain_epochs:
             self.start_distillation(epoch_idx)
+        if self.model.stage == "distill":
+            self.model.set_mixup_schedule(len(train_data))
         # early stopping cannot end the run during code learning
         self.stopping_step = self._stopping_step if self.model.stage == "distill" else 10**9
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)

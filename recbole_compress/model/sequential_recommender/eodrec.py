@@ -20,27 +20,52 @@ Training (two stages, switched by :class:`recbole_compress.trainer.eodrec.EODRec
    encoder (MLP + straight-through Gumbel-softmax, Eq. 16-17) reads the teacher's item table ``X``; the MSE
    reconstruction (Eq. 14) trains the encoder and the codebooks, the recommendation loss the codebooks (through the
    sampled codes, without a path to the encoder, as in the authors' code) and the backbone.
-2. *distillation*: the codes are frozen (argmax of the encoder), the encoder leaves the optimiser and
+2. *distillation*: the codes are frozen (argmax of the encoder, then made unique: ``code_collision_handling``), the
+   encoder leaves the optimiser and
    ``L_rec + mse_weight*L_mse + contrastive_weight*L_con + soft_weight*L_soft + teacher_rec_weight*L_rec_teacher``
    (Eq. 29 plus the teacher's own loss) trains the student and, when ``teacher_trainable``, the teacher
    (bidirectional distillation, §5.4):
 
-   - *embedding mixup* (Eq. 18), training only: the student's item table is ``eta*X + (1-eta)*E``; evaluation and
-     the exported model use the composite table ``E`` alone;
+   - *embedding mixup* (Eq. 18), training only: the student's item table is ``eta*X + (1-eta)*E``, with ``eta``
+     annealed to 0 over ``mixup_anneal_epochs`` stage-two epochs (default 0: stage two trains on ``E`` itself);
+     evaluation and the exported model use the composite table ``E`` alone;
    - *contrastive distillation* (Eq. 20-22): items are hot (top ``hot_ratio`` by training occurrences) or cold;
      the hot and cold sub-session representations of a mixed session are swapped between teacher and student,
      projected, and contrasted with InfoNCE against the other sessions of the batch; single-type sessions contrast
      the two models' session representations directly (as the authors' code does);
-   - *soft targets* (Eq. 23-24): ``KL(p_teacher || p_student)`` over the whole catalogue.
+   - *soft targets* (Eq. 23-24): ``KL(p_teacher || p_student)`` over the whole catalogue, ``p_student`` from the
+     student's own training table.
 
 Every loss is returned separately by :meth:`EODRec.calculate_loss` (RecBole logs each). Full-catalogue scoring
 uses the codebook scorer of :class:`~recbole_compress.model.layers.codebook_embedding.CodebookEmbedding`
 (``score_method``), never a dense table unless asked. :mod:`recbole_compress.export.eodrec` writes the on-device
 artifact (codes, codebooks, backbone) and a TorchScript-able loader.
 
-Departures from the paper, and why:
+Departures from the paper, and why (the measurements behind each default are in docs/EODRec.md):
     - Evaluation uses the composite embedding only (the paper's statement); the authors' code evaluates with the
       mixup table, 80% teacher embeddings (spec §8 A1).
+    - The mixup is annealed away in stage two (``mixup_anneal_epochs``; default 0, i.e. none in stage two). With
+      the paper's constant ``eta = 0.8`` the backbone learns on inputs and candidates that are 80 % teacher
+      embeddings and the codebooks get only 0.2 of the recommendation gradient, while evaluation sees the composite
+      table alone: a training/evaluation mismatch that the authors' code hides by evaluating on the mixup table.
+      The student is trained to be good on the only table it is evaluated and exported with. ``None`` keeps the
+      paper's constant ``eta``; stage one (whose backbone is discarded) keeps ``mixup_eta``.
+    - Frozen codes are made unique (``code_collision_handling: repair``): nothing in the reconstruction objective
+      keeps codes apart, and items sharing a code get the same embedding and tie exactly at scoring (on session
+      data many targets repeat an item of the session). In each group of items sharing a code the
+      best-reconstructed item keeps it and the others move to the free code nearest their teacher embedding
+      (:func:`~recbole_compress.model.layers.code_assignment.resolve_collisions`); the code space (``K^M``) is far
+      larger than any catalogue, so this costs little reconstruction. ``codebook_refit`` then optionally sets the
+      codebooks to the least-squares fit of the teacher's table for the frozen codes.
+    - The soft targets (Eq. 23) use the student's own training table for ``p_student`` (the authors' code does the
+      same; the paper writes ``X`` for both): the student is distilled on the distribution it actually predicts.
+    - ``soft_kd_reduction: batchmean`` with ``soft_weight`` ``gamma`` (per-session KL averaged over the batch, the
+      scale of the batch-averaged cross-entropy, as Eq. 24 is per session). The authors' code sums the KL over a
+      batch of 100, which gives KD an effective weight of ``100*gamma`` against the mean cross-entropy, a weight
+      that depends on the batch size (``sum`` keeps that behaviour).
+    - ``codebook_learning_rate`` (1e-3, the paper's global learning rate; the authors' code uses 1e-4 for encoder
+      and codebooks with batch 100, ~3,500 steps per Tmall epoch over 200 epochs). Our stage two is a few epochs at
+      batch 256, and the codebooks are the student's whole item representation when trained on ``E`` alone.
     - The teacher is trained in the same run when ``teacher_checkpoint`` is not given; any RecBole sequential model
       with an ``item_embedding`` table of width ``hidden_size`` can be the teacher (``teacher_model``).
     - ``teacher_rec_weight``: with a trainable teacher we keep the teacher's own recommendation loss (as in
@@ -49,20 +74,14 @@ Departures from the paper, and why:
       ``code_freeze_mode: sample``), and the stage-two MSE uses the frozen codes.
     - The MSE is Eq. 14's per-item squared error averaged over items (``mse_reduction: item_sum_mean``); the
       authors' code divides a mean over all entries by ``|V|`` again (``mse_reduction: code``).
-    - ``soft_kd_reduction`` defaults to ``batchmean`` (per-session KL averaged over the batch): the authors' code sums
-      over a batch of 100, which makes the effective weight depend on the batch size (RecBole's default is 2048).
     - The readout averages valid positions only and keeps the authors' ``tanh`` (see EODRecTeacher).
     - Codebooks are initialised U(-0.1, 0.1) (the authors' code leaves them uninitialised).
-    - Stage one starts with ``code_fit_steps`` (2000) autoencoder updates on the teacher's table alone, with the
-      Gumbel temperature decaying from ``code_fit_tau_start`` (1.0) to the paper's 0.3. The paper's stage one
-      makes ~3,500 encoder updates per epoch on Tmall (batch 100); at RecBole's batch sizes one epoch gives a few
-      hundred, and at a constant 0.3 the encoder collapses: on ml-100k (teacher at 5 epochs) one stage-one epoch
-      left 59 distinct codes for 1,682 items, and 2,000 table-only steps at 0.3 only 211 (lr 1e-3) or 767 (lr 1e-2),
-      10-15 of the 32 codewords per codebook in use; with the decay, 1,543 distinct codes and a lower
-      reconstruction error (0.546 of the table's variance, against 0.613). On Tmall's 40,727 items the rows per
-      step matter: 512 gave 7,807 distinct codes, 4,096 (``code_fit_batch_size``) 34,984. Stage two logs a warning
-      when more than ``code_collision_warning`` of the items share their code with another item.
-      ``code_fit_steps: 0`` restores the paper's stage one.
+    - Stage one starts with ``code_fit_steps`` (2000) autoencoder updates on the teacher's table alone (4,096 rows
+      per step), with the Gumbel temperature decaying from ``code_fit_tau_start`` (1.0) to the paper's 0.3: the
+      paper's stage one makes ~3,500 encoder updates per Tmall epoch at batch 100, RecBole's batch sizes a few
+      hundred, and at a constant 0.3 the encoder collapses onto a few codes. ``code_fit_steps: 0`` restores the
+      paper's stage one. Stage two logs the code statistics before and after the repair, and a warning when more
+      than ``code_collision_warning`` of the items still share their code with another item.
 """
 import math
 
@@ -72,6 +91,7 @@ from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_compress.model.layers.code_assignment import fit_codebooks, resolve_collisions
 from recbole_compress.model.layers.code_encoder import GumbelCodeEncoder, fit_codes
 from recbole_compress.model.layers.codebook_embedding import SCORE_METHODS, CodebookEmbedding, code_statistics
 from recbole_compress.model.layers.distillation_losses import KL_REDUCTIONS, info_nce, soft_label_kl
@@ -87,6 +107,7 @@ from recbole_compress.errors import ConfigError
 STAGES = ("pretrain", "distill")
 CODE_FREEZE_MODES = ("argmax", "sample")
 MSE_REDUCTIONS = ("item_sum_mean", "code")
+COLLISION_HANDLING = ("repair", "none")
 
 
 def hot_items(item_seq_matrix, n_items, hot_ratio):
@@ -119,6 +140,7 @@ class EODRec(SequentialRecommender):
         self.codebook_size = config["codebook_size"]
         self.gumbel_tau = config["gumbel_tau"]
         self.mixup_eta = config["mixup_eta"]
+        self.mixup_anneal_epochs = config["mixup_anneal_epochs"]
         self.mse_weight = config["mse_weight"]
         self.mse_reduction = config["mse_reduction"]
         self.contrastive_weight = config["contrastive_weight"]
@@ -130,6 +152,9 @@ class EODRec(SequentialRecommender):
         self.teacher_rec_weight = config["teacher_rec_weight"]
         self.code_freeze_mode = config["code_freeze_mode"]
         self.code_fit = {k: config[f"code_fit_{k}"] for k in ("steps", "learning_rate", "batch_size", "tau_start")}
+        self.code_collision_handling = config["code_collision_handling"]
+        self.student_backbone_init = config["student_backbone_init"]
+        self.codebook_refit = bool(config["codebook_refit"])
         self.code_collision_warning = config["code_collision_warning"]
         self.score_method = config["score_method"]
         self.init_method = config["init_method"]
@@ -154,6 +179,9 @@ class EODRec(SequentialRecommender):
         })
         self.loss_fct = nn.CrossEntropyLoss()
         self.register_buffer("stage_flag", torch.zeros((), dtype=torch.long))  # 0 pretrain, 1 distill (saved)
+        self.register_buffer("mixup_progress", torch.zeros(()))  # share of the stage-two mixup annealing done (saved)
+        self.mixup_steps_per_epoch = None  # set by the trainer (set_mixup_schedule)
+        self.code_assignment = None  # what freeze_codes did to the codes (a report)
         self.register_buffer(
             "is_hot", hot_items(dataset.inter_feat[self.ITEM_SEQ], self.n_items, config["hot_ratio"]), persistent=False
         )
@@ -196,6 +224,21 @@ class EODRec(SequentialRecommender):
         the encoder are kept."""
         init_backbone_weights(self.backbone, self.init_method, self.init_range)
         init_backbone_weights(self.kd_heads, self.init_method, self.init_range)
+
+    @torch.no_grad()
+    def init_backbone_from_teacher(self):
+        """Copy the teacher's backbone into the student's (``student_backbone_init: teacher``). The teacher must have
+        the student's backbone (EODRecTeacher at the student's sizes); the item representation stays the codes'."""
+        source = getattr(self._require_teacher(), "backbone", None)
+        mine = self.backbone.state_dict()
+        theirs = source.state_dict() if isinstance(source, nn.Module) else {}
+        if set(theirs) != set(mine) or any(theirs[k].shape != v.shape for k, v in mine.items()):
+            raise ConfigError(
+                f"student_backbone_init: teacher needs a teacher with the student's backbone (EODRecTeacher with the "
+                f"same hidden_size, inner_size, n_layers, n_heads, MAX_ITEM_LIST_LENGTH); "
+                f"{type(self.teacher).__name__} does not have it"
+            )
+        self.backbone.load_state_dict(theirs)
 
     # -- teacher ---------------------------------------------------------------------------------------------------
     @property
@@ -292,8 +335,24 @@ class EODRec(SequentialRecommender):
 
     @torch.no_grad()
     def freeze_codes(self):
-        """End of stage one: fix the code matrix (``code_freeze_mode``) and switch to the distillation stage."""
-        self.item_codebook.set_codes(self.encoder_codes(self.code_freeze_mode))
+        """End of stage one: fix the code matrix (``code_freeze_mode``), make the codes unique
+        (``code_collision_handling: repair``, :func:`~recbole_compress.model.layers.code_assignment.resolve_collisions`:
+        each item sharing a code but the best reconstructed one moves to the free code nearest its teacher embedding),
+        optionally refit the codebooks to the teacher's table by least squares (``codebook_refit``), and switch to the
+        distillation stage. What happened is kept in ``self.code_assignment``."""
+        codes = self.encoder_codes(self.code_freeze_mode)
+        x = self.teacher_table().detach()
+        books = self.item_codebook.codebooks
+        report = {"before": code_statistics(codes, self.codebook_size)}
+        if self.code_collision_handling == "repair":
+            repaired, info = resolve_collisions(codes[1:], books, x[1:])
+            codes = torch.cat([codes[:1], repaired.to(codes.device)])
+            report.update(info)
+        if self.codebook_refit:
+            books.copy_(fit_codebooks(codes[1:], x[1:], self.codebook_size).to(books))
+        self.item_codebook.set_codes(codes)
+        report["after"] = self.item_codebook.statistics()
+        self.code_assignment = report
         self.set_stage("distill")
 
     def train(self, mode=True):
@@ -303,6 +362,24 @@ class EODRec(SequentialRecommender):
             self.item_codebook.set_codes(self.encoder_codes("argmax"))
         return self
 
+    # -- embedding mixup schedule ----------------------------------------------------------------------------------
+    def set_mixup_schedule(self, steps_per_epoch):
+        """Training steps per epoch (the trainer's), for annealing the stage-two mixup per step."""
+        self.mixup_steps_per_epoch = int(steps_per_epoch)
+
+    def current_mixup_eta(self):
+        """``eta`` of the mixup now: ``mixup_eta`` in stage one; in stage two it decays linearly to 0 over
+        ``mixup_anneal_epochs`` epochs (0: no mixup in stage two; None: constant, the paper)."""
+        if self.stage == "pretrain" or self.mixup_anneal_epochs is None:
+            return self.mixup_eta
+        if self.mixup_anneal_epochs <= 0:
+            return 0.0
+        return self.mixup_eta * max(0.0, 1.0 - float(self.mixup_progress))
+
+    def _advance_mixup(self):
+        if self.stage == "distill" and self.mixup_anneal_epochs and self.mixup_steps_per_epoch:
+            self.mixup_progress.add_(1.0 / (self.mixup_anneal_epochs * self.mixup_steps_per_epoch))
+
     # -- training tables -------------------------------------------------------------------------------------------
     def _mse(self, approx, target):
         if self.mse_reduction == "code":  # the authors' code: mean over all entries, divided by n_items again
@@ -310,7 +387,8 @@ class EODRec(SequentialRecommender):
         return ((approx[1:] - target[1:]) ** 2).sum(-1).mean()  # Eq. 14 over the real items
 
     def training_tables(self):
-        """``(E', L_mse)``: the mixup table ``eta*X + (1-eta)*E`` used in training and the reconstruction loss."""
+        """``(E', L_mse)``: the training table (the mixup ``eta*X + (1-eta)*E`` while ``eta > 0``, else the composite
+        table ``E`` itself) and the reconstruction loss."""
         x = self.teacher_table()
         if self.stage == "pretrain":
             x = x.detach()
@@ -320,10 +398,8 @@ class EODRec(SequentialRecommender):
         else:
             composite = self.item_codebook.table()
             mse = self._mse(composite, x.detach())
-        if self.mixup_eta > 0:
-            mixed = self.mixup_eta * x + (1.0 - self.mixup_eta) * composite
-        else:
-            mixed = composite
+        eta = self.current_mixup_eta()
+        mixed = eta * x + (1.0 - eta) * composite if eta > 0 else composite
         return mixed, mse
 
     # -- model -----------------------------------------------------------------------------------------------------
@@ -364,6 +440,8 @@ class EODRec(SequentialRecommender):
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         pos_items = interaction[self.POS_ITEM_ID]
         mixed, mse = self.training_tables()
+        if self.training:
+            self._advance_mixup()
         theta_s = self.forward(item_seq, item_seq_len, mixed)
         logits_s = theta_s @ mixed.t()
         rec = self.loss_fct(logits_s, pos_items)
@@ -424,6 +502,9 @@ class EODRec(SequentialRecommender):
         :func:`recbole_compress.export.eodrec.size_report`)."""
         report = {}
         report["code_statistics"] = self.item_codebook.statistics()
+        report["collision_share"] = self.collision_share(report["code_statistics"])
+        if self.code_assignment is not None:
+            report["code_assignment"] = self.code_assignment
         report["stage"] = self.stage
         report["score_method"] = self.score_method
         return report
