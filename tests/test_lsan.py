@@ -4,6 +4,7 @@ import copy
 import logging
 import math
 import os
+import re
 
 import pandas as pd
 import pytest
@@ -432,10 +433,15 @@ def test_learns_opposite_next_items_within_a_quotient_row(tiny_build):
     assert not all(_learns_both_next_items(additive))
 
 
-def test_missing_categories_is_a_clear_error_unless_allowed(tiny_build, caplog):
+def test_missing_categories_is_a_clear_error_unless_allowed(tiny_build, tiny_data_path, tmp_path, capsys, caplog):
+    from recbole_compress.cli import main
+
     no_items = {"load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
-    with pytest.raises(ConfigError, match="category_field.*use_context: False.*allow_missing_context"):
-        tiny_build(**no_items)
+    assert main(["--model=LSAN", "--dataset=tiny", f"--data_path={tiny_data_path}", "--epochs=1",
+                 "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", f"--checkpoint_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert re.search("category_field.*use_context: False.*allow_missing_context", err), err
+    assert "Traceback" not in err and not os.listdir(tmp_path)  # refused before any training
     with caplog.at_level(logging.WARNING):
         _, train, _, allowed = tiny_build(allow_missing_context=True, **no_items)
     assert "allow_missing_context" in caplog.text
@@ -465,18 +471,25 @@ def test_timestamps_without_time_of_day_are_logged(tmp_path, caplog):
     assert "carry no time of day" in caplog.text and model.slots_in_training == 1
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("twin_mode", "double", "twin_mode must be one of twin, sa_only, conv_only"),
-    ("embedding_type", "hashed", "embedding_type must be one of"),
-    ("compression_rate", 0, "compression_rate must be an integer >= 1"),
-    ("base_table_sizes", [2, 3], "base_table_sizes"),
-    ("context_mode", "both", "context_mode must be one of joint, factorized"),
-    ("loss_type", "BPR", "loss_type must be CE"),
-    ("category_select", "middle", "category_select"),
+@pytest.mark.parametrize("arg,match", [
+    ("--twin_mode=double", "twin_mode='double'.*one of twin, sa_only, conv_only"),
+    ("--embedding_type=hashed", "embedding_type='hashed'.*one of compositional, full"),
+    ("--compression_rate=0", "compression_rate=0.*an integer >= 1"),
+    ("--base_table_sizes=[2,3]", "base_table_sizes=\[2, 3\].*product 6 must be at least the number of items"),
+    ("--compression_rate=1000", r"compression_rate=1000.*not smaller than the \d+-item table"),
+    ("--context_mode=both", "context_mode='both'.*one of joint, factorized"),
+    ("--loss_type=BPR", "loss_type='BPR'.*one of CE"),
+    ("--category_select=middle", "category_select='middle'"),
 ])
-def test_bad_values_are_config_errors_naming_the_key(tiny_build, key, value, match):
-    with pytest.raises(ConfigError, match=match):
-        tiny_build(**{key: value})
+def test_bad_values_exit_2_before_training_naming_the_key(tiny_data_path, tmp_path, capsys, arg, match):
+    from recbole_compress.cli import main
+
+    assert main(["--model=LSAN", "--dataset=tiny", f"--data_path={tiny_data_path}", "--epochs=1", arg,
+                 "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--use_context=False",
+                 f"--checkpoint_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+    assert "Traceback" not in err and not os.listdir(tmp_path)
 
 
 def test_objective_function_one_epoch_with_saved_checkpoint(tiny_data_path, tmp_path):

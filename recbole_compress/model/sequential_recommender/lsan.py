@@ -67,7 +67,7 @@ from recbole_compress.model.layers.temporal_context import (
     shift_right,
 )
 from recbole_compress.model.layers.twin_attention import TwinAttentionEncoder
-from recbole_compress.config_keys import Key
+from recbole_compress.config_keys import DataRule, Key
 from recbole_compress.errors import ConfigError
 
 
@@ -79,22 +79,55 @@ class LSANDataset(TimeSlotSequentialDataset):
 register_dataset("LSAN", LSANDataset)
 
 
-def _choice(config, key, allowed, default=None):
-    value = config[key]
-    if value is None:
-        value = default
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
-    return value
+def _table_sizes(config, dataset):
+    """The base tables' rows: ``base_table_sizes``, or ``compression_rate`` m and ``num_base_tables`` N."""
+    if config["base_table_sizes"] is not None:
+        return list(config["base_table_sizes"])
+    return qr_table_sizes(dataset.item_num - 1, config["compression_rate"], config["num_base_tables"])
 
 
-def _positive_int(config, key, default=None, minimum=1):
-    value = config[key]
-    if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}; got {value!r}")
-    return value
+def base_table_sizes_problem(config, dataset):
+    """A message when explicit ``base_table_sizes`` cannot give every item its own combination of rows, else None."""
+    sizes, items = config["base_table_sizes"], dataset.item_num - 1
+    if config["embedding_type"] == "compositional" and sizes is not None and math.prod(sizes) < items:
+        return (f"their product {math.prod(sizes)} must be at least the number of items ({items}), so that every item "
+                f"gets its own combination of base rows")
+    return None
+
+
+def compression_problem(config, dataset):
+    """A message when the base tables are not smaller than the item table they replace, else None."""
+    items = dataset.item_num - 1
+    sizes = _table_sizes(config, dataset)
+    if config["embedding_type"] == "compositional" and sum(sizes) >= items:
+        return (f"base tables of {sizes} rows ({sum(sizes)} in all) are not smaller than the {items}-item table they "
+                f"replace: choose 1 < compression_rate < {items}, or embedding_type: full for an uncompressed table")
+    return None
+
+
+def context_problem(config, dataset):
+    """A message when the temporal context (``use_context: True``) needs a field the dataset lacks, unless
+    ``allow_missing_context`` accepts the constant 0 in its place, else None."""
+    if not config["use_context"] or config["allow_missing_context"]:
+        return None
+    missing = []
+    field = config["category_field"]
+    if field not in dataset.field2type or field not in dataset.field2source or \
+            dataset.field2source[field].value != "item":
+        missing.append(f"the item category field {field!r} (category_field): load it as an item feature "
+                       f"(load_col: {{item: [{config['ITEM_ID_FIELD']}, {field}]}}) or set category_field to the "
+                       f"dataset's category field")
+    elif dataset.field2type[field].value not in ("token", "token_seq"):
+        return (f"category_field {field!r} must be a token or token_seq item field, not "
+                f"{dataset.field2type[field].value}")
+    time_field = config["TIME_FIELD"]
+    if time_field not in dataset.field2type:
+        missing.append(f"the interaction time field {time_field!r} (TIME_FIELD): load it (load_col: {{inter: [..., "
+                       f"{time_field}]}}) and set TIME_FIELD")
+    if not missing:
+        return None
+    return (f"LSAN's temporal context needs {' and '.join(missing)}. Or run without context: use_context: False "
+            f"(position-only), or allow_missing_context: True (the missing part of the context is the constant 0)")
 
 
 class LSAN(SequentialRecommender):
@@ -124,7 +157,7 @@ class LSAN(SequentialRecommender):
         Key("num_base_tables", int, low=1),
         Key("compression_rate", int, low=1),
         Key("base_table_sizes", list, items=int, low=1, nonempty=True, none_ok=True),
-        Key("base_table_init", str, choices=("auto", "normal", "scaled"), none_ok=True),
+        Key("base_table_init", str, choices=("auto", "normal", "scaled", "ones")),
         Key("composition", str, choices=("attention", "attention_mult", "sum", "mean", "mult")),
         Key("composition_score", str, choices=("additive", "dot")),
         Key("use_context", bool),
@@ -141,126 +174,80 @@ class LSAN(SequentialRecommender):
         Key("output_bias", bool),
         Key("loss_type", str, choices=("CE",)),
     )
+    data_rules = (DataRule("base_table_sizes", base_table_sizes_problem), DataRule("compression_rate", compression_problem),
+                  DataRule("use_context", context_problem))
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.logger = getLogger()
 
-        # ---- configuration -------------------------------------------------------------------------------------
-        self.hidden_size = _positive_int(config, "hidden_size")
-        self.n_layers = _positive_int(config, "n_layers")
-        self.n_heads = _positive_int(config, "n_heads")
-        self.head_width = _choice(config, "head_width", ("full", "split"), "full")
-        self.twin_mode = _choice(config, "twin_mode", ("twin", "sa_only", "conv_only"), "twin")
-        self.conv_kernel_size = _positive_int(config, "conv_kernel_size", 5)
-        self.conv_padding = _choice(config, "conv_padding", ("centered", "causal"), "centered")
-        self.attn_mask = _choice(config, "attn_mask", ("causal", "bidirectional"), "causal")
+        # ---- configuration (declared in config_keys, checked before the run starts) -----------------------------
+        self.hidden_size = config["hidden_size"]
+        self.n_layers = config["n_layers"]
+        self.n_heads = config["n_heads"]
+        self.head_width = config["head_width"]
+        self.twin_mode = config["twin_mode"]
+        self.conv_kernel_size = config["conv_kernel_size"]
+        self.conv_padding = config["conv_padding"]
+        self.attn_mask = config["attn_mask"]
         self.inner_size = config["inner_size"] or self.hidden_size
-        self.hidden_act = _choice(config, "hidden_act", ("gelu", "relu", "swish", "silu", "tanh", "sigmoid"), "gelu")
+        self.hidden_act = config["hidden_act"]
         self.hidden_dropout_prob = config["hidden_dropout_prob"]
         self.attn_dropout_prob = config["attn_dropout_prob"]
         self.layer_norm_eps = config["layer_norm_eps"]
-        self.use_residual_ln = bool(config["use_residual_ln"] if config["use_residual_ln"] is not None else True)
+        self.use_residual_ln = config["use_residual_ln"]
         self.initializer_range = config["initializer_range"]
-        self.embedding_type = _choice(config, "embedding_type", ("compositional", "full"), "compositional")
-        self.composition = _choice(
-            config, "composition", ("attention", "attention_mult", "sum", "mean", "mult"), "attention_mult"
-        )
-        self.composition_score = _choice(config, "composition_score", ("additive", "dot"), "additive")
-        self.use_context = bool(config["use_context"])
-        self.context_mode = _choice(config, "context_mode", ("joint", "factorized"), "joint")
-        self.category_select = _choice(config, "category_select", ("last", "first"), "last")
-        self.num_time_slots = _positive_int(config, "num_time_slots", 24)
-        self.time_slot_seconds = config["time_slot_seconds"] or 3600
-        self.allow_missing_context = bool(config["allow_missing_context"])
-        self.output_layer = _choice(config, "output_layer", ("tied", "full"), "tied")
-        self.output_composition = _choice(config, "output_composition", ("mean", "sum", "mult"), "mult")
-        self.base_table_init = config["base_table_init"] or "auto"
-        self.output_bias = bool(config["output_bias"] if config["output_bias"] is not None else True)
+        self.embedding_type = config["embedding_type"]
+        self.composition = config["composition"]
+        self.composition_score = config["composition_score"]
+        self.use_context = config["use_context"]
+        self.context_mode = config["context_mode"]
+        self.category_select = config["category_select"]
+        self.num_time_slots = config["num_time_slots"]
+        self.time_slot_seconds = config["time_slot_seconds"]
+        self.allow_missing_context = config["allow_missing_context"]
+        self.output_layer = config["output_layer"]
+        self.output_composition = config["output_composition"]
+        self.base_table_init = config["base_table_init"]
+        self.output_bias = config["output_bias"]
         self.loss_type = config["loss_type"]
-        if self.loss_type != "CE":
-            raise ConfigError(
-                f"loss_type must be CE for LSAN (full-softmax cross-entropy over the catalogue, Eq.(15)); "
-                f"got {self.loss_type!r}"
-            )
-        if not (isinstance(self.time_slot_seconds, (int, float)) and self.time_slot_seconds > 0):
-            raise ConfigError(f"time_slot_seconds must be a positive number; got {self.time_slot_seconds!r}")
         self.num_real_items = self.n_items - 1  # V; id 0 is padding
-        d = self.hidden_size
 
-        # ---- item embedding: quotient-remainder base tables (or the full table of LSAN_full.emb) -----------------
+        # ---- item embedding (§3.1): quotient-remainder base tables, or the full table of LSAN_full.emb ------------
         if self.embedding_type == "compositional":
-            self.num_base_tables = _positive_int(config, "num_base_tables", 2)
-            self.compression_rate = _positive_int(config, "compression_rate", 2)
-            sizes = config["base_table_sizes"]
-            if sizes is not None:
-                if not isinstance(sizes, (list, tuple)) or not all(isinstance(s, int) and s >= 1 for s in sizes):
-                    raise ConfigError(f"base_table_sizes must be a list of positive integers or None; got {sizes!r}")
-                if math.prod(sizes) < self.num_real_items:
-                    raise ConfigError(
-                        f"base_table_sizes {list(sizes)}: their product {math.prod(sizes)} must be at least the number "
-                        f"of items ({self.num_real_items}) so that every item gets its own combination of base rows"
-                    )
-            else:
-                sizes = qr_table_sizes(self.num_real_items, self.compression_rate, self.num_base_tables)
+            self.num_base_tables = config["num_base_tables"]
+            self.compression_rate = config["compression_rate"]
             self.item_embedding = QuotientRemainderEmbedding(
-                self.num_real_items,
-                d,
-                table_sizes=sizes,
-                combine=self.output_composition,
-                init=self._base_init(),
-                init_std=self.initializer_range,
+                self.num_real_items, self.hidden_size, table_sizes=_table_sizes(config, dataset),
+                combine=self.output_composition, init=self._base_init(), init_std=self.initializer_range,
             )
         else:
-            self.item_embedding = nn.Embedding(self.n_items, d, padding_idx=0)
+            self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
 
-        # ---- temporal context ----------------------------------------------------------------------------------
+        # ---- temporal context-aware composition (§3.1, Eq.(6)-(8)) -------------------------------------------------
         self.has_categories = self.has_time_slots = False
         self.SLOT_SEQ = None
         if self.use_context:
             self._build_context(config, dataset)
-            n_base = self.item_embedding.num_tables if self.embedding_type == "compositional" else 1
-            merge = self.composition if n_base > 1 else "sum"
-            self.context_composition = ContextAwareComposition(
-                d,
-                merge=merge,
-                score=self.composition_score,
-                inject=True,
-                mlp_hidden_layers=config["context_mlp_hidden_layers"] or 0,
-                mlp_act=config["context_mlp_act"] or "silu",
-            )
+            self._build_composition(config)
         else:
-            self.composition = {"attention": "sum", "attention_mult": "mult"}.get(self.composition, self.composition)
-            self.logger.info(
-                "LSAN without temporal context (use_context=False): position-only order information, "
-                + ("the base vectors are merged by a plain " + self.composition.upper()
-                   + " (the context-free QR embedding)" if self.embedding_type == "compositional"
-                   else "a full item table")
-            )
+            self._merge_without_context()
 
-        # ---- sequence encoder ------------------------------------------------------------------------------------
-        self.position_embedding = nn.Embedding(self.max_seq_length, d)
-        self.LayerNorm = nn.LayerNorm(d, eps=self.layer_norm_eps)
+        # ---- twin attention (§3.2) --------------------------------------------------------------------------------
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)
         self.encoder = TwinAttentionEncoder(
-            n_layers=self.n_layers,
-            hidden_size=d,
-            n_heads=self.n_heads,
-            kernel_size=self.conv_kernel_size,
-            mode=self.twin_mode,
-            head_width=self.head_width,
-            conv_padding=self.conv_padding,
-            inner_size=self.inner_size,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-            attn_dropout_prob=self.attn_dropout_prob,
-            hidden_act=self.hidden_act,
-            layer_norm_eps=self.layer_norm_eps,
+            n_layers=self.n_layers, hidden_size=self.hidden_size, n_heads=self.n_heads,
+            kernel_size=self.conv_kernel_size, mode=self.twin_mode, head_width=self.head_width,
+            conv_padding=self.conv_padding, inner_size=self.inner_size, hidden_dropout_prob=self.hidden_dropout_prob,
+            attn_dropout_prob=self.attn_dropout_prob, hidden_act=self.hidden_act, layer_norm_eps=self.layer_norm_eps,
             use_residual_ln=self.use_residual_ln,
         )
 
         # ---- prediction layer, Eq.(14) --------------------------------------------------------------------------
         if self.output_layer == "full":
-            self.output_projection = nn.Linear(d, self.n_items, bias=self.output_bias)
+            self.output_projection = nn.Linear(self.hidden_size, self.n_items, bias=self.output_bias)
         elif self.output_bias:
             self.output_bias_vector = nn.Parameter(torch.zeros(self.n_items))
 
@@ -269,6 +256,25 @@ class LSAN(SequentialRecommender):
             self.item_embedding.reset_parameters()  # its own initialisation (a product needs another scale)
         if self.output_layer == "tied" and self.output_bias:
             nn.init.zeros_(self.output_bias_vector)
+
+    def _build_composition(self, config):
+        """Eq.(6)-(8): attention over the base vectors under the context, and the context injection MLP."""
+        n_base = self.item_embedding.num_tables if self.embedding_type == "compositional" else 1
+        self.context_composition = ContextAwareComposition(
+            self.hidden_size, merge=self.composition if n_base > 1 else "sum", score=self.composition_score,
+            inject=True, mlp_hidden_layers=config["context_mlp_hidden_layers"], mlp_act=config["context_mlp_act"],
+        )
+
+    def _merge_without_context(self):
+        """Without context there is nothing to attend with: the attention merges fall back to a plain sum
+        (``attention``, the paper's QR ablation) or product (``attention_mult``)."""
+        self.composition = {"attention": "sum", "attention_mult": "mult"}.get(self.composition, self.composition)
+        self.logger.info(
+            "LSAN without temporal context (use_context=False): position-only order information, "
+            + ("the base vectors are merged by a plain " + self.composition.upper()
+               + " (the context-free QR embedding)" if self.embedding_type == "compositional"
+               else "a full item table")
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     # context
@@ -282,14 +288,9 @@ class LSAN(SequentialRecommender):
         uses_product = self.output_composition == "mult" or self.composition in ("mult", "attention_mult")
         return "scaled" if uses_product else "normal"
 
-    def _missing(self, what, how):
-        message = (
-            f"LSAN's temporal context (use_context: True) needs {what}, but dataset {self._dataset_name!r} has none: "
-            f"{how}. Or run without context: use_context: False (position-only; the base vectors are summed), or "
-            f"allow_missing_context: True (the missing part of the context is the constant 0)."
-        )
-        if not self.allow_missing_context:
-            raise ConfigError(message)
+    def _missing(self, what):
+        """A part of the context the dataset lacks (allowed by ``allow_missing_context``; see
+        :func:`context_problem`) is the constant 0."""
         self.logger.warning(f"allow_missing_context: True: {what} missing, using the constant 0 in its place")
 
     def _build_context(self, config, dataset):
@@ -302,13 +303,7 @@ class LSAN(SequentialRecommender):
             self.has_categories = True
         except KeyError:
             item2cat, num_categories = torch.zeros(self.n_items, dtype=torch.long), 0
-            self._missing(
-                f"the item category field {category_field!r} (category_field)",
-                f"load it as an item feature (load_col: {{item: [{self.ITEM_ID}, {category_field}]}}) or set "
-                f"category_field to the dataset's category field",
-            )
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+            self._missing(f"the item category field {category_field!r} (category_field)")
         self.register_buffer("item2cat", item2cat)
         self.num_categories = int(num_categories)
 
@@ -325,10 +320,7 @@ class LSAN(SequentialRecommender):
                 f"(model LSAN), which makes an LSANDataset that computes the hour slots of {time_field!r}"
             )
         else:
-            self._missing(
-                f"the interaction time field {time_field!r} (TIME_FIELD)",
-                f"load it (load_col: {{inter: [..., {time_field}]}}) and set TIME_FIELD",
-            )
+            self._missing(f"the interaction time field {time_field!r} (TIME_FIELD)")
 
         # vocabulary of context tuples (joint table): every position of the training split
         vocabulary = None
