@@ -11,7 +11,8 @@ Every epoch's record (epoch, wall and CPU seconds since the start including vali
         --batch 2048 --lr 0.001 --output protocol/curves.jsonl --set block_num=2 --set adaptive_input=False ...
 
 The summary (``--summarise protocol/curves.jsonl``) gives, per setting, the best validation score, the epoch and the
-wall time at which it was reached, and the wall time to come within 2 % of the best score any setting reached.
+wall time at which it was reached, the wall time to come within 2 % of the best score any setting reached, and the
+share of the curve's best score that early stopping with patience 3 or 5 would have kept.
 """
 import argparse
 import json
@@ -90,13 +91,30 @@ def summarise(path, within=0.02):
     for (dataset, label), settings in sorted(by_dataset.items()):
         top = max(r["valid_ndcg"] for _, recs in settings for r in recs)
         print(f"\n{dataset} / {label}: best valid NDCG@10 over all settings {top:.4f}")
-        print("| batch | lr | epochs run | best valid | at epoch | at CPU min | CPU min to within 2 % of the top |")
-        print("|---|---|---|---|---|---|---|")
+        print("| batch | lr | epochs run | best valid | at epoch | at CPU min | CPU min to within 2 % of the top | "
+              "kept by patience 3 / 5 |")
+        print("|---|---|---|---|---|---|---|---|")
         for key, recs in sorted(settings, key=lambda s: (s[0][2], s[0][3])):
             best = max(recs, key=lambda r: r["valid_ndcg"])
             near = next((r for r in recs if r["valid_ndcg"] >= (1 - within) * top), None)
             print(f"| {key[2]} | {key[3]} | {len(recs)} | {best['valid_ndcg']:.4f} | {best['epoch']} | "
-                  f"{best['cpu_seconds'] / 60:.1f} | {'%.1f' % (near['cpu_seconds'] / 60) if near else 'not reached'} |")
+                  f"{best['cpu_seconds'] / 60:.1f} | {'%.1f' % (near['cpu_seconds'] / 60) if near else 'not reached'} | "
+                  f"{kept_by_patience(recs, 3):.3f} / {kept_by_patience(recs, 5):.3f} |")
+
+
+def kept_by_patience(records, patience):
+    """The best validation score early stopping with ``patience`` would have kept, as a fraction of the curve's best
+    (RecBole's rule: stop after ``patience`` validations without improvement)."""
+    scores = [r["valid_ndcg"] for r in sorted(records, key=lambda r: r["epoch"])]
+    best, waited = float("-inf"), 0
+    for score in scores:
+        if score > best:
+            best, waited = score, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    return best / max(scores)
 
 
 def plot(path, out):
