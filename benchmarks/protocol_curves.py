@@ -24,7 +24,7 @@ import torch
 
 
 class _Budget(Exception):
-    pass
+    """The curve's time budget ran out."""
 
 
 def run_setting(args):
