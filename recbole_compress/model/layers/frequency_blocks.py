@@ -65,41 +65,48 @@ def resolve_cutoffs(n_real_items, n_clusters=3, split_ratio=0.2, cutoffs=None,
     """
     K = int(n_real_items)
     if cutoffs is not None:
-        if isinstance(cutoffs, (str, bytes)) or not hasattr(cutoffs, "__len__"):
-            raise ConfigError(f"{cutoffs_key} must be a list of cumulative cut-offs, got {cutoffs!r}")
-        cutoffs = list(cutoffs)
-        if len(cutoffs) == 0:
-            return []
-        if all(_is_int(c) for c in cutoffs):
-            resolved = [int(c) for c in cutoffs]
-            kind = "absolute ranks"
-        elif all(isinstance(c, numbers.Real) and not _is_int(c) and not isinstance(c, bool) for c in cutoffs):
-            if not all(0.0 < float(c) < 1.0 for c in cutoffs):
-                raise ConfigError(
-                    f"{cutoffs_key}={cutoffs!r}: fractions of the catalogue must lie in (0, 1); "
-                    f"use integers for absolute frequency ranks"
-                )
-            resolved = [int(round(float(c) * K)) for c in cutoffs]
-            kind = f"fractions of K={K} (ranks {resolved})"
-        else:
+        return _explicit_cutoffs(K, cutoffs, cutoffs_key)
+    return _ratio_cutoffs(K, n_clusters, split_ratio, n_clusters_key, split_ratio_key)
+
+
+def _explicit_cutoffs(K, cutoffs, cutoffs_key):
+    """Explicit cumulative cut-offs (all integer ranks or all fractions of ``K``) as ranks, checked."""
+    if isinstance(cutoffs, (str, bytes)) or not hasattr(cutoffs, "__len__"):
+        raise ConfigError(f"{cutoffs_key} must be a list of cumulative cut-offs, got {cutoffs!r}")
+    cutoffs = list(cutoffs)
+    if len(cutoffs) == 0:
+        return []
+    if all(_is_int(c) for c in cutoffs):
+        resolved = [int(c) for c in cutoffs]
+        kind = "absolute ranks"
+    elif all(isinstance(c, numbers.Real) and not _is_int(c) and not isinstance(c, bool) for c in cutoffs):
+        if not all(0.0 < float(c) < 1.0 for c in cutoffs):
             raise ConfigError(
-                f"{cutoffs_key}={cutoffs!r}: give either all integers (absolute frequency ranks, e.g. [7000, 15000]) "
-                f"or all fractions in (0, 1) (e.g. [0.2, 0.36]), not a mix"
+                f"{cutoffs_key}={cutoffs!r}: fractions of the catalogue must lie in (0, 1); "
+                f"use integers for absolute frequency ranks"
             )
-        previous = 0
-        for c in resolved:
-            if c <= previous:
-                raise ConfigError(
-                    f"{cutoffs_key}={cutoffs!r} ({kind}) must be strictly increasing and above 0: every block needs "
-                    f"at least one item"
-                )
-            previous = c
-        if resolved[-1] >= K:
-            raise ConfigError(
-                f"{cutoffs_key}={cutoffs!r} ({kind}): the last cut-off must be below the number of items K={K} "
-                f"so that the last block is not empty"
-            )
-        return resolved
+        resolved = [int(round(float(c) * K)) for c in cutoffs]
+        kind = f"fractions of K={K} (ranks {resolved})"
+    else:
+        raise ConfigError(
+            f"{cutoffs_key}={cutoffs!r}: give either all integers (absolute frequency ranks, e.g. [7000, 15000]) "
+            f"or all fractions in (0, 1) (e.g. [0.2, 0.36]), not a mix"
+        )
+    if any(c <= previous for previous, c in zip([0] + resolved[:-1], resolved)):
+        raise ConfigError(
+            f"{cutoffs_key}={cutoffs!r} ({kind}) must be strictly increasing and above 0: every block needs "
+            f"at least one item"
+        )
+    if resolved[-1] >= K:
+        raise ConfigError(
+            f"{cutoffs_key}={cutoffs!r} ({kind}): the last cut-off must be below the number of items K={K} "
+            f"so that the last block is not empty"
+        )
+    return resolved
+
+
+def _ratio_cutoffs(K, n_clusters, split_ratio, n_clusters_key, split_ratio_key):
+    """The paper's recursive rule: block j takes ``max(1, floor(rho * remaining))`` items, the last the rest."""
     if not _is_int(n_clusters) or n_clusters < 1:
         raise ConfigError(f"{n_clusters_key} must be an integer >= 1, got {n_clusters!r}")
     if n_clusters > K:
