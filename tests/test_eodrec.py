@@ -520,6 +520,7 @@ def test_the_command_line_exits_2_naming_the_key_before_any_data_loads(tiny_conf
         raise AssertionError("a dataset was loaded")
 
     monkeypatch.setattr(run, "create_dataset", no_data)
+    monkeypatch.setattr("recbole.data.create_dataset", no_data)  # the early data-rule check's
     args = ["--model=EODRec", "--dataset=tiny", f"--data_path={tiny_config['data_path']}",
             "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
             "--hidden_size=8", "--inner_size=8", "--n_heads=2", "--num_codebooks=2", "--codebook_size=4",
