@@ -364,7 +364,7 @@ def test_step_learning_rate_schedule(tiny_config):
 # all phases in one run, reuse of each phase's artefact
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config):
+def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config, tmp_path):
     cfg = adarec_config(tiny_config)
     config, train, valid, test = setup("AdaRec", cfg)
     torch.manual_seed(0)
@@ -438,6 +438,18 @@ def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config):
     trainer2.phases = PhaseRunner(config2b, Data(train2._dataset, train2, valid2, None))
     trainer2.fit(train2, valid2, saved=True)
     assert set(trainer2.phase_checkpoints) == {"teacher"} and trainer2.teacher_info["trained"] is False
+    assert load_checkpoint(trainer2.saved_model_file)["config"]["adarec_arch"] == genotype  # rebuilds without the file
+
+    # a checkpoint whose config names only the genotype file (saved before the run layer resolved it) still restores
+    from recbole_compress.checkpoint import save_checkpoint
+
+    old = load_checkpoint(student_file)
+    old["config"] = dict(old["config"], adarec_arch=None, adarec_arch_file=phases["genotype"])
+    save_checkpoint(old, str(tmp_path / "old.pth"))
+    _, restored, *_ = load_data_and_model(str(tmp_path / "old.pth"))
+    assert restored.genotype == genotype
+    with torch.no_grad():
+        torch.testing.assert_close(restored.eval().full_sort_predict(batch), scores)
 
     # a search checkpoint alone gives the genotype and the warm start
     config3, train3, *_ = setup("AdaRec", adarec_config(tiny_config, search_checkpoint=phases["search"]))
