@@ -26,6 +26,8 @@ from recbole_compress.config_keys import DataRule, Key, Relation
 from recbole_compress.errors import CheckpointError
 from recbole_compress.model.layers.gumbel_mixed_op import TemperatureSchedule
 from recbole_compress.model.sequential_recommender.adarec import (
+    GENOTYPE_KEYS,
+    GENOTYPE_RELATIONS,
     GENOTYPE_WORDS,
     RETRAIN_INITS,
     genotype_file_ok,
@@ -208,12 +210,12 @@ class AdaRecTrainer(StepLRMixin, DistillationTrainer):
     """All of AdaRec in one ``fit``: teacher -> search -> derive -> retrain (see the module docstring)."""
 
     config_written = ("teacher_checkpoint", "search_checkpoint", "adarec_arch", "adarec_arch_file")
-    config_keys = (
+    config_keys = GENOTYPE_KEYS + (
         Key("retrain_init", str, choices=RETRAIN_INITS),
         Key("adarec_arch_file", str, none_ok=True, file=True),
         Key("search_checkpoint", str, none_ok=True, checkpoint_of=("AdaRecSearch",)),
     )
-    config_relations = (
+    config_relations = GENOTYPE_RELATIONS + (
         Relation(("adarec_arch_file", "num_nodes"), genotype_file_ok,
                  f"adarec_arch_file must be a JSON file with a 'genotype' entry (as the search phase writes): "
                  f"{GENOTYPE_WORDS}", when=_genotype_file_in_use),

@@ -99,7 +99,7 @@ def genotype_file_ok(config):
     return True
 
 
-#: The student's structure (shared with the search supernet, :class:`AdaRecSearch`) and its genotype.
+#: The student's structure (shared with the search supernet, :class:`AdaRecSearch`).
 STRUCTURE_KEYS = (
     Key("embedding_size", int, low=1),
     Key("num_cells", int, low=1),
@@ -109,11 +109,15 @@ STRUCTURE_KEYS = (
     Key("pool_kernel", int, low=1),
     Key("layer_norm_eps", float, low=0, low_open=True),
     Key("loss_type", str, choices=("CE",)),
-    Key("adarec_arch"),  # a list of lists, its JSON text, or None (checked by the relation below)
 )
 STRUCTURE_RELATIONS = (
     Relation(("pool_kernel",), lambda c: c["pool_kernel"] % 2 == 1, "pool_kernel must be odd (pooling keeps the "
              "length)"),
+)
+#: ``adarec_arch``, read by the student only (declared by its trainer, which also writes it: the search supernet
+#: inherits the student's keys but has no genotype).
+GENOTYPE_KEYS = (Key("adarec_arch"),)  # a list of lists, its JSON text, or None (checked by the relation below)
+GENOTYPE_RELATIONS = (
     Relation(("adarec_arch", "num_nodes"), lambda c: parse_genotype(c["adarec_arch"], c["num_nodes"]) is not None,
              f"adarec_arch must be a list (or its JSON text) of {GENOTYPE_WORDS}", when=genotype_given),
 )
