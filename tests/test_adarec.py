@@ -464,6 +464,13 @@ def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config, tmp_path):
         make_config("AdaRec", "tiny", config_dict=adarec_config(tiny_config, adarec_arch_file=phases["genotype"],
                                                                 num_nodes=2), read_cmd_line=False)
     make_config("AdaRec", "tiny", config_dict=cfg2, read_cmd_line=False)  # the file as written is fine
+    # a search checkpoint made on another dataset: refused once that dataset loads, before any model is built
+    from recbole_compress.run import build
+
+    other_root = write_tiny_dataset(str(tmp_path / "other"), name="other", n_items=30, seed=3)
+    other = adarec_config(dict(tiny_config, dataset="other", data_path=other_root), search_checkpoint=phases["search"])
+    with pytest.raises(ConfigError, match="search_checkpoint=.*another item-id mapping"):
+        build(make_config("AdaRec", "other", config_dict=other, read_cmd_line=False))
 
 
 def test_run_recbole_compress_runs_every_phase(tiny_config):
