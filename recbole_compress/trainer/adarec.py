@@ -231,8 +231,8 @@ class AdaRecTrainer(StepLRMixin, DistillationTrainer):
     def prepare_config(cls, config):
         """Before the student is built (the run layer calls this): the genotype of ``adarec_arch_file`` or of
         ``search_checkpoint`` into ``adarec_arch`` (so the student's checkpoint holds it), and the search checkpoint a
-        genotype file names into ``search_checkpoint`` (for the supernet warm start). ``adarec_arch`` wins over the file,
-        the file over the checkpoint; nothing to do without any of them (the run searches)."""
+        genotype file names into ``search_checkpoint`` (for the supernet warm start). ``adarec_arch`` wins over the
+        file, the file over the checkpoint; nothing to do without any of them (the run searches)."""
         if genotype_given(config):
             return
         path = config["adarec_arch_file"]

@@ -93,7 +93,12 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_compress.model.layers.code_assignment import fit_codebooks, resolve_collisions
 from recbole_compress.model.layers.code_encoder import GumbelCodeEncoder, fit_codes
-from recbole_compress.model.layers.codebook_embedding import SCORE_METHODS, CodebookEmbedding, code_dtype, code_statistics
+from recbole_compress.model.layers.codebook_embedding import (
+    SCORE_METHODS,
+    CodebookEmbedding,
+    code_dtype,
+    code_statistics,
+)
 from recbole_compress.model.layers.distillation_losses import KL_REDUCTIONS, info_nce, soft_label_kl
 from recbole_compress.model.layers.soft_attention_readout import SoftAttentionReadout
 from recbole_compress.model.sequential_recommender.eodrecteacher import (
