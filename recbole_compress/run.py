@@ -99,6 +99,7 @@ def build(config, data=None):
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
     if config["resume"]:
         _adopt_written_keys(config, config["resume"], trainer_class)
+    prepare_config(config)
     if data is None:
         data = load_data(config)
     else:
@@ -113,6 +114,15 @@ def build(config, data=None):
     if config["resume"]:
         trainer.resume_checkpoint(config["resume"], dataset=data.dataset)
     return Run(config, data, model, trainer)
+
+
+def prepare_config(config):
+    """What the run's trainer settles in the configuration before the model is built (its ``prepare_config``
+    classmethod, if any): e.g. AdaRec's genotype, read from ``adarec_arch_file`` or ``search_checkpoint`` into
+    ``adarec_arch``, so that no model reads a file in its constructor."""
+    prepare = getattr(get_trainer(config["MODEL_TYPE"], config["model"]), "prepare_config", None)
+    if prepare is not None:
+        prepare(config)
 
 
 def _codes_from_teacher(model, config, data):
@@ -217,6 +227,7 @@ def restore(checkpoint_file, data=None, device=None, reseed=True):
     check_item_mapping(checkpoint, data.dataset, repr(path))
     if reseed:
         init_seed(config["seed"], config["reproducibility"])
+    prepare_config(config)  # a checkpoint saved before its trainer wrote everything into the config
     model = get_model(config["model"])(config, data.train._dataset)
     load_model_state(model, checkpoint, repr(path))
     return Run(config, data, model.to(config["device"]))

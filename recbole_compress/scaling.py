@@ -47,11 +47,13 @@ def build_model(model, max_seq_length, n_items=1000, config_dict=None, seed=2020
     from recbole.utils import init_seed
 
     from recbole_compress.config import Config
+    from recbole_compress.run import prepare_config
 
     cfg = {"MAX_ITEM_LIST_LENGTH": max_seq_length, "device": "cpu", "use_gpu": False}
     cfg.update(config_dict or {})
     config = Config(model=model, dataset="synthetic", config_dict=cfg, read_cmd_line=False)
     config["device"] = torch.device("cpu")
+    prepare_config(config)  # e.g. AdaRec's genotype from adarec_arch_file
     init_seed(seed, True)
     return get_model(config["model"])(config, SyntheticDataset(n_items)), config
 

@@ -16,7 +16,7 @@ from recbole_compress.trainer import CheckpointError, load_checkpoint
 from recbole_compress.trainer.adarec import AdaRecSearchTrainer, AdaRecTrainer
 from recbole_compress.phases import phase_config
 from recbole_compress.preflight import run_keys
-from recbole_compress.run import Data, PhaseRunner, phase_train_data
+from recbole_compress.run import Data, PhaseRunner, make_config, phase_train_data, prepare_config
 from recbole_compress.utils import ConfigError, get_model
 
 from conftest import write_tiny_dataset
@@ -364,7 +364,7 @@ def test_step_learning_rate_schedule(tiny_config):
 # all phases in one run, reuse of each phase's artefact
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config):
+def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config, tmp_path):
     cfg = adarec_config(tiny_config)
     config, train, valid, test = setup("AdaRec", cfg)
     torch.manual_seed(0)
@@ -409,11 +409,15 @@ def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config):
         torch.testing.assert_close(reloaded.predict(item_batch),
                                    scores[torch.arange(len(batch)), item_batch["item_id"]])
 
-    # the JSON file rebuilds an AdaRec whose parameter names are the supernet's chosen ops
+    # the constructor reads no file: the run layer resolves the JSON file into adarec_arch before the model is built
     cfg2 = adarec_config(tiny_config, adarec_arch_file=phases["genotype"])
     config2, train2, valid2, _ = setup("AdaRec", cfg2)
+    assert get_model("AdaRec")(config2, train2._dataset).genotype is None
+    prepare_config(config2)
+    assert config2["adarec_arch"] == genotype and config2["search_checkpoint"] == phases["search"]
+    # the JSON file rebuilds an AdaRec whose parameter names are the supernet's chosen ops
     student = get_model("AdaRec")(config2, train2._dataset)
-    assert student.genotype == genotype and student.search_checkpoint == phases["search"]
+    assert student.genotype == genotype
     names = set(student.state_dict())
     assert names <= set(search["state_dict"])
     edge_ops = {(n.split(".")[1], n.split(".")[3], n.split(".")[5]) for n in names if ".edges." in n}
@@ -429,14 +433,44 @@ def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config):
     # genotype file + teacher checkpoint: teacher loaded (not trained), no search
     config2b = config2.__class__(model="AdaRec", dataset="tiny", read_cmd_line=False,
                                  config_dict=dict(cfg2, teacher_checkpoint=phases["teacher"]))
+    prepare_config(config2b)
     trainer2 = AdaRecTrainer(config2b, student)
     trainer2.phases = PhaseRunner(config2b, Data(train2._dataset, train2, valid2, None))
     trainer2.fit(train2, valid2, saved=True)
     assert set(trainer2.phase_checkpoints) == {"teacher"} and trainer2.teacher_info["trained"] is False
+    assert load_checkpoint(trainer2.saved_model_file)["config"]["adarec_arch"] == genotype  # rebuilds without the file
+
+    # a checkpoint whose config names only the genotype file (saved before the run layer resolved it) still restores
+    from recbole_compress.checkpoint import save_checkpoint
+
+    old = load_checkpoint(student_file)
+    old["config"] = dict(old["config"], adarec_arch=None, adarec_arch_file=phases["genotype"])
+    save_checkpoint(old, str(tmp_path / "old.pth"))
+    _, restored, *_ = load_data_and_model(str(tmp_path / "old.pth"))
+    assert restored.genotype == genotype
+    with torch.no_grad():
+        torch.testing.assert_close(restored.eval().full_sort_predict(batch), scores)
 
     # a search checkpoint alone gives the genotype and the warm start
     config3, train3, *_ = setup("AdaRec", adarec_config(tiny_config, search_checkpoint=phases["search"]))
+    prepare_config(config3)
     assert get_model("AdaRec")(config3, train3._dataset).genotype == genotype
+
+    # preflight: a search_checkpoint must be a search phase's; a genotype file must hold a genotype for num_nodes
+    with pytest.raises(ConfigError, match="search_checkpoint=.*holds a AdaRecNextItNetTeacher model, not AdaRecSearch"):
+        make_config("AdaRec", "tiny", config_dict=adarec_config(tiny_config, search_checkpoint=phases["teacher"]),
+                    read_cmd_line=False)
+    with pytest.raises(ConfigError, match="adarec_arch_file=.*num_nodes=2: adarec_arch_file must be a JSON file"):
+        make_config("AdaRec", "tiny", config_dict=adarec_config(tiny_config, adarec_arch_file=phases["genotype"],
+                                                                num_nodes=2), read_cmd_line=False)
+    make_config("AdaRec", "tiny", config_dict=cfg2, read_cmd_line=False)  # the file as written is fine
+    # a search checkpoint made on another dataset: refused once that dataset loads, before any model is built
+    from recbole_compress.run import build
+
+    other_root = write_tiny_dataset(str(tmp_path / "other"), name="other", n_items=30, seed=3)
+    other = adarec_config(dict(tiny_config, dataset="other", data_path=other_root), search_checkpoint=phases["search"])
+    with pytest.raises(ConfigError, match="search_checkpoint=.*another item-id mapping"):
+        build(make_config("AdaRec", "other", config_dict=other, read_cmd_line=False))
 
 
 def test_run_recbole_compress_runs_every_phase(tiny_config):
@@ -481,34 +515,76 @@ def test_teacher_without_distillation_outputs_is_refused_before_any_data_loads(t
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"retrain_init": "pretrained"}, "retrain_init must be one of supernet, random"),
-    ({"adarec_arch": [["skip_connect"]], "retrain_init": "random"}, "adarec_arch must list"),
-    ({"adarec_arch": "[[", "retrain_init": "random"}, "adarec_arch must be a JSON list"),
-    ({"adarec_arch": GENOTYPE}, "no search_checkpoint is set"),
-    ({"adarec_arch_file": "no_such_dir/arch.json"}, "adarec_arch_file 'no_such_dir/arch.json' does not exist"),
-    ({"loss_type": "BPR"}, "loss_type must be 'CE'"),
-    ({"embedding_size": 0}, "embedding_size must be a positive int"),
+    ({"retrain_init": "pretrained"}, "retrain_init='pretrained' \\(config_dict\\): must be one of supernet, random"),
+    ({"adarec_arch": [["skip_connect"]], "retrain_init": "random"},
+     "adarec_arch=\\[\\['skip_connect'\\]\\], num_nodes=3: adarec_arch must be a list .* of num_nodes lists"),
+    ({"adarec_arch": "[[", "retrain_init": "random"}, "adarec_arch='\\[\\[', num_nodes=3: adarec_arch must be a list"),
+    ({"adarec_arch": [["skip_connect"], ["skip_connect", "conv9"], ["none"] * 3], "retrain_init": "random"},
+     "adarec_arch=.*each one of std_cnn_3, .*, none$"),
+    ({"adarec_arch": GENOTYPE}, "retrain_init='supernet', search_checkpoint=None: .*no search_checkpoint is set"),
+    ({"adarec_arch_file": "no_such_dir/arch.json"},
+     "adarec_arch_file='no_such_dir/arch.json' \\(config_dict\\): must be the path of an existing file or None"),
+    ({"loss_type": "BPR"}, "loss_type='BPR' \\(config_dict\\): must be one of CE"),
+    ({"embedding_size": 0}, "embedding_size=0 \\(config_dict\\): must be an integer >= 1"),
+    ({"pool_kernel": 2}, "pool_kernel=2: pool_kernel must be odd"),
+    ({"dropout_prob": 1.0}, "dropout_prob=1.0 \\(config_dict\\): must be a number in \\[0, 1\\)"),
+    ({"teacher_distill_tap_every": 3}, "teacher phase \\(AdaRecNextItNetTeacher\\): distill_tap_every=3, "
+                                       "block_num=1, dilations=\\[1, 4\\]: distill_tap_every must divide"),
+    ({"teacher_model": "AdaRecSASRecTeacher", "teacher_n_heads": 3},
+     "teacher phase \\(AdaRecSASRecTeacher\\): hidden_size=128, n_heads=3: hidden_size must be a multiple"),
+    ({"lr_decay_step": -1}, "lr_decay_step=-1 \\(config_dict\\): must be an integer >= 0 or None"),
 ])
-def test_bad_configuration_is_refused_before_training(tiny_config, extra, message):
-    config, train, *_ = setup("AdaRec", adarec_config(tiny_config, **{k: v for k, v in extra.items()
-                                                                     if k != "loss_type"}))
-    for key, value in extra.items():
-        config[key] = value
+def test_bad_configuration_is_refused_before_any_data_loads(tiny_config, extra, message):
     with pytest.raises(ConfigError, match=message):
-        get_model("AdaRec")(config, train._dataset)
+        make_config("AdaRec", "tiny", config_dict=adarec_config(tiny_config, **extra), read_cmd_line=False)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("kd_kl_direction", "both", "kd_kl_direction must be one of forward, reverse"),
-    ("op_cost_mode", "official", "op_cost_mode must be one of reference, actual, fraction"),
-    ("kd_gamma", 1.5, "kd_gamma must be in"),
-    ("eval_arch", "best", "eval_arch must be one of argmax, sample"),
+@pytest.mark.parametrize("content, message", [
+    ("[[", "must be a JSON file with a 'genotype' entry"),
+    ('{"op_names": []}', "must be a JSON file with a 'genotype' entry"),
+    ('{"genotype": [["skip_connect"]]}', "num_nodes lists"),
+    (json.dumps({"genotype": GENOTYPE}), None),
+    (json.dumps(GENOTYPE), None),  # a bare list of lists
 ])
-def test_bad_search_configuration_is_refused(tiny_config, key, value, message):
-    config, train, *_ = setup("AdaRecSearch", adarec_config(tiny_config))
-    config[key] = value
-    with pytest.raises(ConfigError, match=message):
-        get_model("AdaRecSearch")(config, train._dataset)
+def test_a_bad_genotype_file_exits_2_before_any_data_loads(tiny_config, tmp_path, monkeypatch, capsys, content,
+                                                            message):
+    from recbole_compress.cli import main
+    import recbole_compress.run as run
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a dataset was loaded")
+
+    monkeypatch.setattr(run, "create_dataset", no_data)
+    monkeypatch.setattr("recbole.data.create_dataset", no_data)  # the early data-rule check's
+    path = tmp_path / "arch.json"
+    path.write_text(content)
+    args = ["--model=AdaRec", "--dataset=tiny", f"--data_path={tiny_config['data_path']}",
+            "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
+            "--embedding_size=8", "--num_cells=2", f"--adarec_arch_file={path}", "--retrain_init=random",
+            "--state=ERROR", "--show_progress=False", f"--checkpoint_dir={tmp_path}/saved"]
+    if message is None:  # a good file passes every check: the run goes on to load the data
+        with pytest.raises(AssertionError, match="a dataset was loaded"):
+            main(args)
+        return
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"adarec_arch_file={str(path)!r}" in err and message in err and "Traceback" not in err, err
+    assert not os.path.exists(tmp_path / "saved")
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("kd_kl_direction", "both", "one of forward, reverse"),
+    ("op_cost_mode", "official", "one of reference, actual, fraction"),
+    ("kd_gamma", 1.5, "a number in \\[0, 1\\]"),
+    ("eval_arch", "best", "one of argmax, sample"),
+    ("efficiency_loss", "log", "one of relative, absolute"),
+    ("gumbel_tau_decay_epochs", 0, "an integer >= 1"),
+    ("arch_learning_rate", 0, "a number > 0"),
+])
+def test_bad_search_configuration_is_refused_before_any_data_loads(tiny_config, key, value, allowed):
+    with pytest.raises(ConfigError, match=f"search phase \\(AdaRecSearch\\): {key}={value!r}.*must be {allowed}"):
+        make_config("AdaRec", "tiny", config_dict=adarec_config(tiny_config, **{f"search_{key}": value}),
+                    read_cmd_line=False)
 
 
 def test_phase_keys_are_prefixed_and_known(tiny_config):

@@ -493,11 +493,65 @@ def test_student_backbone_can_start_from_the_teachers(tiny_config, teacher_file)
     ("code_fit_tau_start", 0.0, "> 0 or None"),
     ("code_collision_warning", 2.0, "in \\[0, 1\\]"),
 ])
-def test_bad_settings_are_refused_before_training(tiny_config, key, value, allowed):
+def test_bad_settings_are_refused_before_any_data_loads(tiny_config, key, value, allowed):
+    from recbole_compress.run import make_config
+
     cfg = _cfg(tiny_config, **{key: value})
-    config, train, _, _ = _setup(cfg)
-    with pytest.raises(ConfigError, match=f"{key}.*{allowed}"):
-        EODRec(config, train._dataset)
+    with pytest.raises(ConfigError, match=f"{key}={value!r} \\(config_dict\\): must be .*{allowed}"):
+        make_config("EODRec", config_dict=cfg, read_cmd_line=False)
+    make_config("EODRec", config_dict=_cfg(tiny_config), read_cmd_line=False)  # the same run with a good value
+
+
+@pytest.mark.parametrize("arg, named", [
+    ("--codebook_size=1", "codebook_size=1 (command line): must be an integer >= 2"),
+    ("--num_codebooks=0", "num_codebooks=0 (command line): must be an integer >= 1"),
+    ("--n_heads=3", "hidden_size=8, n_heads=3: hidden_size must be a multiple of n_heads"),
+    ("--mixup_anneal_epochs=-1", "mixup_anneal_epochs=-1 (command line): must be a number >= 0 or None"),
+    ("--student_backbone_init=copy", "student_backbone_init='copy' (command line): must be one of random, teacher"),
+    ("--pretrain_epochs=-1", "pretrain_epochs=-1 (command line): must be an integer >= 0"),
+    ("--teacher_n_heads=3", "teacher phase (EODRecTeacher): hidden_size=8, n_heads=3"),
+])
+def test_the_command_line_exits_2_naming_the_key_before_any_data_loads(tiny_config, tmp_path, capsys, monkeypatch,
+                                                                        arg, named):
+    from recbole_compress.cli import main
+    import recbole_compress.run as run
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a dataset was loaded")
+
+    monkeypatch.setattr(run, "create_dataset", no_data)
+    monkeypatch.setattr("recbole.data.create_dataset", no_data)  # the early data-rule check's
+    args = ["--model=EODRec", "--dataset=tiny", f"--data_path={tiny_config['data_path']}",
+            "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
+            "--hidden_size=8", "--inner_size=8", "--n_heads=2", "--num_codebooks=2", "--codebook_size=4",
+            "--state=ERROR", "--show_progress=False", f"--checkpoint_dir={tmp_path}/saved"]
+    args = [a for a in args if a.split("=")[0] != arg.split("=")[0]] + [arg]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+    assert not os.path.exists(tmp_path / "saved")
+
+
+def test_codebooks_as_large_as_the_catalogue_are_refused_once_it_loads(tiny_config, caplog):
+    from recbole_compress.run import build, make_config
+
+    # the tiny catalogue has 40 items: 2 codebooks of 20 vectors compress nothing (issue 13: 100000 vectors)
+    for size in (20, 100000):
+        config = make_config("EODRec", config_dict=_cfg(tiny_config, codebook_size=size), read_cmd_line=False)
+        with pytest.raises(ConfigError, match=f"codebook_size={size}: 2 codebooks .* not fewer than the 40 items"):
+            build(config)
+    # 39 codewords for 40 items: at width 8 the codebooks and the codes outweigh the table, a warning only
+    config = make_config("EODRec", config_dict=_cfg(tiny_config, num_codebooks=3, codebook_size=13),
+                         read_cmd_line=False)
+    with caplog.at_level("WARNING"):
+        run = build(config)
+    assert run.model.codebook_size == 13
+    assert "codebook_size=13: the codebooks and codes (1,371 bytes) are not smaller than the 1,312-byte" in caplog.text
+    caplog.clear()
+    config = make_config("EODRec", config_dict=_cfg(tiny_config, codebook_size=4), read_cmd_line=False)
+    with caplog.at_level("WARNING"):
+        build(config)
+    assert "codebook_size" not in caplog.text
 
 
 def test_teacher_model_matches_its_formula(tiny_config):

@@ -137,7 +137,8 @@ def test_every_bad_checkpoint_gets_its_own_message(tiny_config, tmp_path):
         load_data_and_model(str(tmp_path / "unverified.pth"))
     with pytest.raises(CheckpointError, match="records no item-id mapping"):
         run_recbole_compress("EODRec", config_dict=dict(tiny_config, teacher_checkpoint=str(tmp_path / "unverified.pth"),
-                                                        hidden_size=8), read_cmd_line=False)
+                                                        hidden_size=8, num_codebooks=2, codebook_size=8),
+                             read_cmd_line=False)
 
 
 def test_two_runs_started_in_the_same_second_write_two_log_files(tiny_config, tmp_path):

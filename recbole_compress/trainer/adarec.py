@@ -21,9 +21,20 @@ import time
 
 from recbole.utils import set_color
 
-from recbole_compress.checkpoint import load_checkpoint
+from recbole_compress.checkpoint import check_item_mapping, load_checkpoint
+from recbole_compress.config_keys import DataRule, Key, Relation
+from recbole_compress.errors import CheckpointError
 from recbole_compress.model.layers.gumbel_mixed_op import TemperatureSchedule
-from recbole_compress.model.sequential_recommender.adarec import genotype_to_json
+from recbole_compress.model.sequential_recommender.adarec import (
+    GENOTYPE_KEYS,
+    GENOTYPE_RELATIONS,
+    GENOTYPE_WORDS,
+    RETRAIN_INITS,
+    genotype_file_ok,
+    genotype_given,
+    genotype_to_json,
+    read_genotype_file,
+)
 from recbole_compress.trainer.base import Trainer
 from recbole_compress.trainer.teacher import DistillationTrainer
 
@@ -32,6 +43,11 @@ class StepLRMixin:
     """Step decay of the learning rate per epoch, ``lr_e = lr * lr_decay_gamma ** (e // lr_decay_step)``, set at the
     start of every epoch from the epoch index (so a resumed run continues the schedule). ``lr_decay_step`` 0 or
     empty = constant. RecBole 1.2.1's Trainer has no scheduler."""
+
+    config_keys = (
+        Key("lr_decay_step", int, low=0, none_ok=True),
+        Key("lr_decay_gamma", float, low=0, low_open=True, none_ok=True),
+    )
 
     def _decayed_optimizers(self):
         """``[(optimizer, base learning rate, gamma)]``."""
@@ -88,6 +104,15 @@ class AdaRecSearchTrainer(StepLRMixin, DistillationTrainer):
     every batch; the Gumbel temperature set per epoch (``gumbel_tau_init * gumbel_tau_decay_rate **
     (epoch // gumbel_tau_decay_epochs)``). After training it reloads the best epoch, derives the genotype and writes
     it to ``<checkpoint>.genotype.json`` (``self.genotype``, ``self.genotype_file``)."""
+
+    config_keys = (
+        Key("arch_learner", str),
+        Key("arch_learning_rate", float, low=0, low_open=True),
+        Key("arch_weight_decay", float, low=0),
+        Key("arch_lr_decay_gamma", float, low=0, low_open=True, none_ok=True),
+        Key("gumbel_tau_decay_rate", float, low=0, low_open=True),
+        Key("gumbel_tau_decay_epochs", int, low=1),
+    )
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -149,10 +174,77 @@ class AdaRecSearchTrainer(StepLRMixin, DistillationTrainer):
         return result
 
 
+def _file_search_checkpoint(path):
+    """The search checkpoint a genotype file names as its source (None if none, or if the file cannot be read)."""
+    try:
+        _, data = read_genotype_file(path)
+    except (OSError, ValueError):
+        return None
+    return (data.get("source") or {}).get("search_checkpoint")
+
+
+def _genotype_file_in_use(config):
+    return not genotype_given(config) and bool(config["adarec_arch_file"])
+
+
+def _warm_start_source(config):
+    """True unless ``retrain_init: supernet`` is asked with a given genotype and no supernet to copy from."""
+    if config["retrain_init"] != "supernet" or config["search_checkpoint"]:
+        return True
+    return _genotype_file_in_use(config) and bool(_file_search_checkpoint(config["adarec_arch_file"]))
+
+
+def search_checkpoint_problem(config, dataset):
+    """A message when ``search_checkpoint`` was made on another item-id mapping than this dataset's, else None."""
+    path = config["search_checkpoint"]
+    if not path:
+        return None
+    try:
+        check_item_mapping(load_checkpoint(path), dataset, f"search_checkpoint {path!r}")
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
 class AdaRecTrainer(StepLRMixin, DistillationTrainer):
     """All of AdaRec in one ``fit``: teacher -> search -> derive -> retrain (see the module docstring)."""
 
     config_written = ("teacher_checkpoint", "search_checkpoint", "adarec_arch", "adarec_arch_file")
+    config_keys = GENOTYPE_KEYS + (
+        Key("retrain_init", str, choices=RETRAIN_INITS),
+        Key("adarec_arch_file", str, none_ok=True, file=True),
+        Key("search_checkpoint", str, none_ok=True, checkpoint_of=("AdaRecSearch",)),
+    )
+    config_relations = GENOTYPE_RELATIONS + (
+        Relation(("adarec_arch_file", "num_nodes"), genotype_file_ok,
+                 f"adarec_arch_file must be a JSON file with a 'genotype' entry (as the search phase writes): "
+                 f"{GENOTYPE_WORDS}", when=_genotype_file_in_use),
+        Relation(("retrain_init", "search_checkpoint"), _warm_start_source,
+                 "retrain_init: supernet warm-starts the student from the search phase's supernet, but the "
+                 "architecture is given (adarec_arch or adarec_arch_file) and no search_checkpoint is set: give "
+                 "search_checkpoint, or retrain_init: random",
+                 when=lambda c: genotype_given(c) or bool(c["adarec_arch_file"])),
+    )
+    data_rules = (DataRule("search_checkpoint", search_checkpoint_problem),)
+
+    @classmethod
+    def prepare_config(cls, config):
+        """Before the student is built (the run layer calls this): the genotype of ``adarec_arch_file`` or of
+        ``search_checkpoint`` into ``adarec_arch`` (so the student's checkpoint holds it), and the search checkpoint a
+        genotype file names into ``search_checkpoint`` (for the supernet warm start). ``adarec_arch`` wins over the
+        file, the file over the checkpoint; nothing to do without any of them (the run searches)."""
+        if genotype_given(config):
+            return
+        path = config["adarec_arch_file"]
+        if path:
+            genotype, data = read_genotype_file(path)
+            if not config["search_checkpoint"] and config["retrain_init"] == "supernet":
+                config["search_checkpoint"] = (data.get("source") or {}).get("search_checkpoint")
+        elif config["search_checkpoint"]:
+            genotype = load_checkpoint(config["search_checkpoint"])["other_parameter"]["genotype"]
+        else:
+            return
+        config["adarec_arch"] = genotype
 
     def _phase(self, name, message):
         self.logger.info(set_color(f"AdaRec phase {name}", "green") + f": {message}")
@@ -169,11 +261,11 @@ class AdaRecTrainer(StepLRMixin, DistillationTrainer):
         else:
             if self.needs_teacher() and self.teacher is None:
                 self.prepare_teacher(train_data, valid_data, verbose=verbose)
-            self._phase("search", f"skipped, architecture from {model.genotype_source}: {model.genotype}")
+            self._phase("search", f"skipped, architecture given by the configuration: {model.genotype}")
 
         init = self.config["retrain_init"]
         if init == "supernet" and self.start_epoch == 0:
-            path = model.search_checkpoint
+            path = self.config["search_checkpoint"]
             state = load_checkpoint(path, map_location=self.device)["state_dict"]
             copied, missing = model.load_supernet_weights(state)
             self._phase("retrain", f"warm start from the supernet {path}: {len(copied)} tensors copied, "
@@ -208,8 +300,6 @@ class AdaRecTrainer(StepLRMixin, DistillationTrainer):
         self.config["search_checkpoint"] = trainer.saved_model_file
         self.config["adarec_arch"] = trainer.genotype
         self.config["adarec_arch_file"] = trainer.genotype_file
-        self.model.search_checkpoint = trainer.saved_model_file
-        self.model.genotype_source = "the search phase"
         self.model.set_genotype(trainer.genotype)
         self._phase("derive", f"genotype {trainer.genotype} written to {trainer.genotype_file}")
         return trainer.genotype

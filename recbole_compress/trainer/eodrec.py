@@ -25,6 +25,7 @@ import numpy as np
 from recbole.utils import set_color
 
 from recbole_compress.checkpoint import load_checkpoint
+from recbole_compress.config_keys import Key
 from recbole_compress.trainer.teacher import DistillationTrainer
 
 
@@ -40,6 +41,12 @@ class _DeferredOptimizerState:
 
 class EODRecTrainer(DistillationTrainer):
     """Teacher phase, then EODRec's code-learning stage and distillation stage (see the module docstring)."""
+
+    config_keys = (
+        Key("pretrain_epochs", int, low=0),
+        Key("reinit_after_pretrain", bool),
+        Key("codebook_learning_rate", float, low=0, low_open=True),
+    )
 
     def __init__(self, config, model):
         super().__init__(config, model)

@@ -31,7 +31,6 @@ Departures from the paper, and why:
   cross-scene protocol's retraining with the teacher is not implemented.
 """
 import json
-import os
 from logging import getLogger
 
 import torch
@@ -41,13 +40,14 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_compress.model.layers.nas_cell import NASCell, validate_genotype
 from recbole_compress.model.layers.nas_ops import CANDIDATE_OPS, parse_op_name
-from recbole_compress.config_keys import Phase
-from recbole_compress.errors import ConfigError
+from recbole_compress.config_keys import Key, Phase, Relation
 
 # keys that define the student's structure: the search phase uses the student's values (its weights warm-start it)
 ARCH_KEYS = ("embedding_size", "num_cells", "num_nodes", "dropout_prob", "op_dilation", "pool_kernel", "layer_norm_eps")
 TEACHER_MODELS = ("AdaRecNextItNetTeacher", "AdaRecSASRecTeacher")
 RETRAIN_INITS = ("supernet", "random")
+GENOTYPE_WORDS = (f"num_nodes lists, the j-th naming one operation per incoming edge (j names), each one of "
+                  f"{', '.join(CANDIDATE_OPS)}")
 
 
 def genotype_to_json(genotype, **extra):
@@ -58,19 +58,69 @@ def genotype_to_json(genotype, **extra):
 
 
 def read_genotype_file(path):
-    """``(genotype, data)`` from a genotype JSON file (a dict with ``genotype``, or a bare list of lists)."""
-    if not os.path.isfile(str(path)):
-        raise ConfigError(f"adarec_arch_file {path!r} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except ValueError as e:
-        raise ConfigError(f"adarec_arch_file {path!r} is not valid JSON: {e}") from None
+    """``(genotype, data)`` from a genotype JSON file (a dict with ``genotype``, or a bare list of lists).
+
+    Raises:
+        OSError: the file cannot be read. ValueError: it is not JSON, or a dict without a ``genotype`` entry.
+    """
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
     if isinstance(data, dict):
         if "genotype" not in data:
-            raise ConfigError(f"adarec_arch_file {path!r} has no 'genotype' entry")
+            raise ValueError(f"{path!r} has no 'genotype' entry")
         return data["genotype"], data
     return data, {}
+
+
+def parse_genotype(arch, num_nodes):
+    """The genotype ``adarec_arch`` gives (a list of lists, or its JSON text), checked against ``num_nodes``.
+
+    Raises:
+        ValueError: not JSON, or not one list of known operation names per node.
+    """
+    if isinstance(arch, str):
+        arch = json.loads(arch)
+    return validate_genotype(arch, num_nodes, CANDIDATE_OPS, key="adarec_arch")
+
+
+def genotype_given(config):
+    """True when ``adarec_arch`` holds a genotype (set by the user, or resolved from a file or a checkpoint)."""
+    return config["adarec_arch"] not in (None, "")
+
+
+def genotype_file_ok(config):
+    """True when ``adarec_arch_file`` is a JSON file whose ``genotype`` fits ``num_nodes`` (read by the preflight
+    check, never by the model)."""
+    try:
+        genotype, _ = read_genotype_file(config["adarec_arch_file"])
+    except OSError:
+        return False
+    validate_genotype(genotype, config["num_nodes"], CANDIDATE_OPS, key="adarec_arch_file")
+    return True
+
+
+#: The student's structure (shared with the search supernet, :class:`AdaRecSearch`).
+STRUCTURE_KEYS = (
+    Key("embedding_size", int, low=1),
+    Key("num_cells", int, low=1),
+    Key("num_nodes", int, low=1),
+    Key("dropout_prob", float, low=0, high=1, high_open=True),
+    Key("op_dilation", int, low=1),
+    Key("pool_kernel", int, low=1),
+    Key("layer_norm_eps", float, low=0, low_open=True),
+    Key("loss_type", str, choices=("CE",)),
+)
+STRUCTURE_RELATIONS = (
+    Relation(("pool_kernel",), lambda c: c["pool_kernel"] % 2 == 1, "pool_kernel must be odd (pooling keeps the "
+             "length)"),
+)
+#: ``adarec_arch``, read by the student only (declared by its trainer, which also writes it: the search supernet
+#: inherits the student's keys but has no genotype).
+GENOTYPE_KEYS = (Key("adarec_arch"),)  # a list of lists, its JSON text, or None (checked by the relation below)
+GENOTYPE_RELATIONS = (
+    Relation(("adarec_arch", "num_nodes"), lambda c: parse_genotype(c["adarec_arch"], c["num_nodes"]) is not None,
+             f"adarec_arch must be a list (or its JSON text) of {GENOTYPE_WORDS}", when=genotype_given),
+)
 
 
 class AdaRec(SequentialRecommender):
@@ -87,6 +137,9 @@ class AdaRec(SequentialRecommender):
         Phase("search_", "AdaRecSearch", configurable=False, inherit=ARCH_KEYS, match=ARCH_KEYS),
     )
 
+    config_keys = STRUCTURE_KEYS
+    config_relations = STRUCTURE_RELATIONS
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.embedding_size = config["embedding_size"]
@@ -95,7 +148,6 @@ class AdaRec(SequentialRecommender):
         self.op_dilation = config["op_dilation"]
         self.pool_kernel = config["pool_kernel"]
         self.layer_norm_eps = config["layer_norm_eps"]
-        self._check_structure(config)
 
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.embedding_size)
@@ -108,70 +160,16 @@ class AdaRec(SequentialRecommender):
         self._teacher = None
         self._build(config, dataset)
 
-    # -- configuration -------------------------------------------------------------------------------------------
-    def _check_structure(self, config):
-        for key in ("embedding_size", "num_cells", "num_nodes", "op_dilation", "pool_kernel"):
-            if not isinstance(config[key], int) or config[key] < 1:
-                raise ConfigError(f"{key} must be a positive int, got {config[key]!r}")
-        if self.pool_kernel % 2 != 1:
-            raise ConfigError(f"pool_kernel must be odd (pooling keeps the length), got {self.pool_kernel}")
-        if not 0 <= config["dropout_prob"] < 1:
-            raise ConfigError(f"dropout_prob must be in [0, 1), got {config['dropout_prob']!r}")
-        if config["loss_type"] != "CE":
-            raise ConfigError(f"loss_type must be 'CE' for {type(self).__name__}, got {config['loss_type']!r}")
-
     def _build(self, config, dataset):
-        """Check the phase settings and build the cells if the genotype is already known."""
-        if config["retrain_init"] not in RETRAIN_INITS:
-            raise ConfigError(f"retrain_init must be one of {', '.join(RETRAIN_INITS)}, got {config['retrain_init']!r}")
-        genotype, source = self._configured_genotype(config, dataset)
-        if genotype is not None:
-            self.set_genotype(genotype)
-            self.genotype_source = source
-        if genotype is not None and config["retrain_init"] == "supernet" and not self.search_checkpoint:
-            raise ConfigError(
-                "retrain_init: supernet warm-starts the student from the search phase's supernet, but the architecture "
-                f"comes from {source} and no search_checkpoint is set: give search_checkpoint, or retrain_init: random"
-            )
-
-    def _configured_genotype(self, config, dataset):
-        """The genotype the config gives (``adarec_arch``, ``adarec_arch_file`` or ``search_checkpoint``), if any."""
-        self.search_checkpoint = config["search_checkpoint"]
-        arch = config["adarec_arch"]
-        if arch is not None and arch != "":
-            if isinstance(arch, str):
-                try:
-                    arch = json.loads(arch)
-                except ValueError as e:
-                    raise ConfigError(f"adarec_arch must be a JSON list of lists of operation names: {e}") from None
-            return self._validated(arch, "adarec_arch"), "adarec_arch"
-        path = config["adarec_arch_file"]
-        if path:
-            genotype, data = read_genotype_file(path)
-            if not self.search_checkpoint:
-                self.search_checkpoint = (data.get("source") or {}).get("search_checkpoint")
-            return self._validated(genotype, "adarec_arch_file"), f"adarec_arch_file {path}"
-        if self.search_checkpoint:
-            from recbole_compress.checkpoint import check_item_mapping, load_checkpoint
-
-            checkpoint = load_checkpoint(self.search_checkpoint)
-            check_item_mapping(checkpoint, dataset, f"search_checkpoint {self.search_checkpoint!r}")
-            genotype = (checkpoint.get("other_parameter") or {}).get("genotype")
-            if genotype is None:
-                raise ConfigError(f"search_checkpoint {self.search_checkpoint!r} is not an AdaRecSearch checkpoint")
-            return self._validated(genotype, "search_checkpoint"), f"search_checkpoint {self.search_checkpoint}"
-        return None, None
-
-    def _validated(self, genotype, key):
-        try:
-            return validate_genotype(genotype, self.num_nodes, CANDIDATE_OPS, key=key)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        """The cells, if the genotype is already known (``adarec_arch``: given, or read from ``adarec_arch_file`` or
+        ``search_checkpoint`` by the trainer before the model is built); else the trainer searches it."""
+        if genotype_given(config):
+            self.set_genotype(parse_genotype(config["adarec_arch"], self.num_nodes))
 
     # -- structure -----------------------------------------------------------------------------------------------
     def set_genotype(self, genotype):
         """Build the ``num_cells`` cells of ``genotype`` (one operation name per edge, nested by node)."""
-        genotype = self._validated(genotype, "adarec_arch")
+        genotype = validate_genotype(genotype, self.num_nodes, CANDIDATE_OPS, key="adarec_arch")
         device = self.item_embedding.weight.device
         self.cells = nn.ModuleList(
             NASCell(self.embedding_size, self.num_nodes, genotype, CANDIDATE_OPS, self.op_dilation, self.pool_kernel,

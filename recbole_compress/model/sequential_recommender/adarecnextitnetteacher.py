@@ -34,7 +34,7 @@ from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
-from recbole_compress.errors import ConfigError
+from recbole_compress.config_keys import Key, Relation
 
 
 class CausalConv1d(nn.Module):
@@ -72,6 +72,21 @@ class NextItNetBlock(nn.Module):
 class AdaRecNextItNetTeacher(SequentialRecommender):
     r"""NextItNet teacher of AdaRec: causal dilated residual blocks, untied output layer, distillation taps."""
 
+    config_keys = (
+        Key("embedding_size", int, low=1),
+        Key("kernel_size", int, low=1),
+        Key("block_num", int, low=1),
+        Key("dilations", list, items=int, low=1, nonempty=True),
+        Key("use_rezero", bool),
+        Key("distill_tap_every", int, low=1),
+        Key("layer_norm_eps", float, low=0, low_open=True),
+        Key("loss_type", str, choices=("CE",)),
+    )
+    config_relations = (
+        Relation(("distill_tap_every", "block_num", "dilations"),
+                 lambda c: (c["block_num"] * len(c["dilations"])) % c["distill_tap_every"] == 0,
+                 "distill_tap_every must divide the number of residual blocks, block_num x len(dilations)"),
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -80,16 +95,6 @@ class AdaRecNextItNetTeacher(SequentialRecommender):
         self.block_num = config["block_num"]
         self.dilations = list(config["dilations"])
         self.tap_every = config["distill_tap_every"]
-        if config["loss_type"] != "CE":
-            raise ConfigError(f"loss_type must be 'CE' for {type(self).__name__}, got {config['loss_type']!r}")
-        if not self.dilations or any(int(r) < 1 for r in self.dilations):
-            raise ConfigError(f"dilations must be a non-empty list of positive ints, got {self.dilations!r}")
-        n_blocks = self.block_num * len(self.dilations)
-        if not isinstance(self.tap_every, int) or not 1 <= self.tap_every <= n_blocks or n_blocks % self.tap_every:
-            raise ConfigError(
-                f"distill_tap_every must divide the number of residual blocks ({n_blocks} = block_num x "
-                f"len(dilations)), got {self.tap_every!r}"
-            )
 
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
         self.blocks = nn.ModuleList(

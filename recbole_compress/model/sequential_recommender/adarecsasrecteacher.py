@@ -29,7 +29,7 @@ from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
-from recbole_compress.errors import ConfigError
+from recbole_compress.config_keys import Key, Relation
 
 
 class CausalSelfAttentionBlock(nn.Module):
@@ -75,18 +75,25 @@ class CausalSelfAttentionBlock(nn.Module):
 class AdaRecSASRecTeacher(SequentialRecommender):
     r"""SASRec teacher of AdaRec: causal self-attention blocks, untied output layer, every block a distillation tap."""
 
+    config_keys = (
+        Key("hidden_size", int, low=1),
+        Key("n_layers", int, low=1),
+        Key("n_heads", int, low=1),
+        Key("dropout_prob", float, low=0, high=1, high_open=True),
+        Key("use_rezero", bool),
+        Key("layer_norm_eps", float, low=0, low_open=True),
+        Key("loss_type", str, choices=("CE",)),
+    )
+    config_relations = (
+        Relation(("hidden_size", "n_heads"), lambda c: c["hidden_size"] % c["n_heads"] == 0,
+                 "hidden_size must be a multiple of n_heads"),
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.hidden_size = config["hidden_size"]
         self.n_layers = config["n_layers"]
         self.n_heads = config["n_heads"]
-        if config["loss_type"] != "CE":
-            raise ConfigError(f"loss_type must be 'CE' for {type(self).__name__}, got {config['loss_type']!r}")
-        if self.hidden_size % self.n_heads:
-            raise ConfigError(f"hidden_size ({self.hidden_size}) must be a multiple of n_heads ({self.n_heads})")
-        if self.n_layers < 1:
-            raise ConfigError(f"n_layers must be >= 1, got {self.n_layers}")
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)

@@ -50,6 +50,7 @@ from recbole_compress.model.layers.nas_cell import NASCell
 from recbole_compress.model.layers.nas_ops import CANDIDATE_OPS
 from recbole_compress.model.layers.op_cost import cost_loss, op_cost_fractions, op_cost_table, relative_cost_loss
 from recbole_compress.model.sequential_recommender.adarec import AdaRec
+from recbole_compress.config_keys import Key
 from recbole_compress.errors import ConfigError
 
 OP_COST_MODES = ("reference", "actual", "fraction")
@@ -58,11 +59,40 @@ KL_DIRECTIONS = ("forward", "reverse")
 EVAL_ARCHS = ("argmax", "sample")
 
 
+def _weight(name):
+    return Key(name, float, low=0)
+
+
+#: The supernet's own keys (its structure is AdaRec's); the optimisers' and the temperature schedule's are
+#: :class:`recbole_compress.trainer.adarec.AdaRecSearchTrainer`'s.
+SEARCH_KEYS = (
+    Key("alpha_init_std", float, low=0),
+    Key("kd_gamma", float, low=0, high=1),
+    Key("efficiency_loss", str, choices=COST_FORMS),
+    _weight("efficiency_beta"),
+    _weight("w_ce"),
+    _weight("w_kd_emb"),
+    _weight("w_kd_pred"),
+    _weight("w_kd_hidden"),
+    Key("kd_temperature", float, low=0, low_open=True),
+    Key("kd_kl_direction", str, choices=KL_DIRECTIONS),
+    Key("emd_weight_temperature", float, low=0, low_open=True),
+    Key("emd_update_weights", bool),
+    Key("op_cost_mode", str, choices=OP_COST_MODES),
+    Key("op_cost_ref_channels", int, low=1),
+    Key("op_cost_ref_length", int, low=1),
+    Key("gumbel_tau_init", float, low=0, low_open=True),
+    Key("gumbel_hard", bool),
+    Key("eval_arch", str, choices=EVAL_ARCHS),
+)
+
+
 class AdaRecSearch(AdaRec):
     r"""AdaRec's supernet: every candidate operation on every edge, architecture logits, distillation losses."""
 
     runnable = False
     phases = ()  # an internal phase of AdaRec: its teacher is given by AdaRec's trainer
+    config_keys = SEARCH_KEYS
 
     def _build(self, config, dataset):
         self.gamma = config["kd_gamma"]
@@ -74,20 +104,7 @@ class AdaRecSearch(AdaRec):
         self.gumbel_hard = config["gumbel_hard"]
         self.emd_weight_temperature = config["emd_weight_temperature"]
         self.emd_update_weights = config["emd_update_weights"]
-        self.relative_cost = COST_FORMS.index(config["efficiency_loss"]) == 0
-        if not 0 <= self.gamma <= 1:
-            raise ConfigError(f"kd_gamma must be in [0, 1], got {self.gamma!r}")
-        if self.beta < 0:
-            raise ConfigError(f"efficiency_beta must be >= 0, got {self.beta!r}")
-        if self.kd_temperature <= 0:
-            raise ConfigError(f"kd_temperature must be > 0, got {self.kd_temperature!r}")
-        for key, allowed in (("kd_kl_direction", KL_DIRECTIONS), ("eval_arch", EVAL_ARCHS),
-                             ("op_cost_mode", OP_COST_MODES)):
-            if config[key] not in allowed:
-                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {config[key]!r}")
-        for key, value in self.loss_weights.items():
-            if value < 0:
-                raise ConfigError(f"{key} must be >= 0, got {value!r}")
+        self.relative_cost = config["efficiency_loss"] == "relative"
 
         self.cells = nn.ModuleList(
             NASCell(self.embedding_size, self.num_nodes, None, CANDIDATE_OPS, self.op_dilation, self.pool_kernel,

@@ -93,21 +93,85 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_compress.model.layers.code_assignment import fit_codebooks, resolve_collisions
 from recbole_compress.model.layers.code_encoder import GumbelCodeEncoder, fit_codes
-from recbole_compress.model.layers.codebook_embedding import SCORE_METHODS, CodebookEmbedding, code_statistics
+from recbole_compress.model.layers.codebook_embedding import (
+    SCORE_METHODS,
+    CodebookEmbedding,
+    code_dtype,
+    code_statistics,
+)
 from recbole_compress.model.layers.distillation_losses import KL_REDUCTIONS, info_nce, soft_label_kl
 from recbole_compress.model.layers.soft_attention_readout import SoftAttentionReadout
 from recbole_compress.model.sequential_recommender.eodrecteacher import (
+    BACKBONE_KEYS,
+    BACKBONE_RELATIONS,
     SoftAttentionTransformer,
-    check_backbone_config,
     init_backbone_weights,
 )
-from recbole_compress.config_keys import Phase
+from recbole_compress.config_keys import DataRule, Key, Phase
 from recbole_compress.errors import ConfigError
 
 STAGES = ("pretrain", "distill")
 CODE_FREEZE_MODES = ("argmax", "sample")
 MSE_REDUCTIONS = ("item_sum_mean", "code")
 COLLISION_HANDLING = ("repair", "none")
+BACKBONE_INITS = ("random", "teacher")
+
+
+def _weight(name):
+    return Key(name, float, low=0)
+
+
+def _share(name):
+    return Key(name, float, low=0, high=1)
+
+
+#: The student's own keys (after the backbone's); the trainer's stage keys are EODRecTrainer's.
+EODREC_KEYS = BACKBONE_KEYS + (
+    Key("teacher_trainable", bool),
+    _weight("teacher_rec_weight"),
+    Key("num_codebooks", int, low=1),
+    Key("codebook_size", int, low=2),
+    Key("code_encoder_hidden", int, low=1, none_ok=True),
+    Key("gumbel_tau", float, low=0, low_open=True),
+    Key("code_freeze_mode", str, choices=CODE_FREEZE_MODES),
+    Key("code_fit_steps", int, low=0),
+    Key("code_fit_learning_rate", float, low=0, low_open=True),
+    Key("code_fit_batch_size", int, low=1, none_ok=True),
+    Key("code_fit_tau_start", float, low=0, low_open=True, none_ok=True),
+    Key("code_collision_handling", str, choices=COLLISION_HANDLING),
+    Key("codebook_refit", bool),
+    _share("code_collision_warning"),
+    Key("student_backbone_init", str, choices=BACKBONE_INITS),
+    _weight("mse_weight"),
+    Key("mse_reduction", str, choices=MSE_REDUCTIONS),
+    _share("mixup_eta"),
+    Key("mixup_anneal_epochs", float, low=0, none_ok=True),
+    _weight("contrastive_weight"),
+    _weight("soft_weight"),
+    Key("cl_temperature", float, low=0, low_open=True),
+    Key("kd_temperature", float, low=0, low_open=True),
+    Key("soft_kd_reduction", str, choices=KL_REDUCTIONS[:2]),
+    _share("hot_ratio"),
+    Key("score_method", str, choices=SCORE_METHODS),
+)
+
+
+def codebook_size_problem(config, dataset):
+    """Refuse codebooks with at least as many vectors (``M*K``) as the catalogue has items: nothing would be
+    compressed, and the training-only code encoder has ``(M*K)^2 / 2`` weights (``codebook_size: 100000`` asked for
+    tens of GB). Warn when the stored codebooks and codes would still take more bytes than the dense table."""
+    m, k, n = config["num_codebooks"], config["codebook_size"], config["hidden_size"]
+    items = dataset.item_num - 1
+    if m * k >= items:
+        return (f"{m} codebooks (num_codebooks) of {k} vectors ({m * k} in all) are not fewer than the {items} items "
+                f"of the table they replace: nothing is compressed, and the code encoder alone would have "
+                f"{(m * k) ** 2 // 2:,} weights; choose num_codebooks * codebook_size < {items}")
+    stored = m * k * n * 4 + dataset.item_num * m * torch.empty((), dtype=code_dtype(k)).element_size()
+    dense = dataset.item_num * n * 4
+    if stored >= dense:
+        return "warning", (f"the codebooks and codes ({stored:,} bytes) are not smaller than the {dense:,}-byte item "
+                           f"table they replace; lower codebook_size or num_codebooks")
+    return None
 
 
 def hot_items(item_seq_matrix, n_items, hot_ratio):
@@ -129,10 +193,12 @@ class EODRec(SequentialRecommender):
     counterpart = "teacher"
     # the teacher is trained first (teacher_<key> configures it); its item table must have the student's width
     phases = (Phase("teacher_", "EODRecTeacher", inherit=("hidden_size",), match=("hidden_size",)),)
+    config_keys = EODREC_KEYS
+    config_relations = BACKBONE_RELATIONS
+    data_rules = (DataRule("codebook_size", codebook_size_problem),)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        check_backbone_config(config)
         self.hidden_size = config["hidden_size"]
         self.backbone_settings = {k: config[k] for k in ("n_layers", "n_heads", "inner_size", "hidden_act",
                                                           "layer_norm_eps")}
@@ -159,7 +225,6 @@ class EODRec(SequentialRecommender):
         self.score_method = config["score_method"]
         self.init_method = config["init_method"]
         self.init_range = config["init_range"]
-        self._check_config(config)
 
         # on-device parts: codebooks + codes, backbone
         self.item_codebook = CodebookEmbedding(self.n_items, self.hidden_size, self.num_codebooks, self.codebook_size)
@@ -188,36 +253,6 @@ class EODRec(SequentialRecommender):
         self.__dict__["_teacher"] = None  # never a registered submodule: not in the student's size or state_dict
         self.reset_student_parameters()
         init_backbone_weights(self.code_encoder, self.init_method, self.init_range)
-
-    def _check_config(self, config):
-        def need(ok, key, allowed):
-            if not ok:
-                raise ConfigError(f"{key} must be {allowed}; got {config[key]!r}")
-
-        need(isinstance(self.num_codebooks, int) and self.num_codebooks >= 1, "num_codebooks", "an integer >= 1")
-        need(isinstance(self.codebook_size, int) and self.codebook_size >= 2, "codebook_size", "an integer >= 2")
-        need(self.gumbel_tau > 0, "gumbel_tau", "> 0")
-        need(0.0 <= self.mixup_eta <= 1.0, "mixup_eta", "in [0, 1]")
-        need(self.mse_reduction in MSE_REDUCTIONS, "mse_reduction", f"one of {', '.join(MSE_REDUCTIONS)}")
-        need(self.soft_kd_reduction in KL_REDUCTIONS[:2], "soft_kd_reduction", "one of batchmean, sum")
-        need(self.code_freeze_mode in CODE_FREEZE_MODES, "code_freeze_mode", f"one of {', '.join(CODE_FREEZE_MODES)}")
-        need(self.score_method in SCORE_METHODS, "score_method", f"one of {', '.join(SCORE_METHODS)}")
-        need(self.cl_temperature > 0, "cl_temperature", "> 0")
-        need(self.kd_temperature > 0, "kd_temperature", "> 0")
-        need(0.0 <= config["hot_ratio"] <= 1.0, "hot_ratio", "in [0, 1]")
-        need(isinstance(config["pretrain_epochs"], int) and config["pretrain_epochs"] >= 0, "pretrain_epochs",
-             "an integer >= 0")
-        for key in ("mse_weight", "contrastive_weight", "soft_weight", "teacher_rec_weight"):
-            need(config[key] >= 0, key, ">= 0")
-        need(isinstance(self.code_fit["steps"], int) and self.code_fit["steps"] >= 0, "code_fit_steps",
-             "an integer >= 0")
-        need(self.code_fit["learning_rate"] > 0, "code_fit_learning_rate", "> 0")
-        need(self.code_fit["batch_size"] is None or (isinstance(self.code_fit["batch_size"], int)
-                                                     and self.code_fit["batch_size"] >= 1),
-             "code_fit_batch_size", "an integer >= 1 or None (the whole table)")
-        need(self.code_fit["tau_start"] is None or self.code_fit["tau_start"] > 0, "code_fit_tau_start",
-             "> 0 or None (constant gumbel_tau)")
-        need(0.0 <= self.code_collision_warning <= 1.0, "code_collision_warning", "in [0, 1]")
 
     def reset_student_parameters(self):
         """(Re-)initialise the backbone and the distillation heads (``reinit_after_pretrain``); codebooks, codes and

@@ -27,21 +27,29 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 
 from recbole_compress.model.layers.soft_attention_readout import SoftAttentionReadout
-from recbole_compress.errors import ConfigError
+from recbole_compress.config_keys import Key, Relation
 
 INIT_METHODS = ("uniform", "recbole")
+HIDDEN_ACTS = ("gelu", "relu", "swish", "tanh", "sigmoid")  # RecBole's TransformerEncoder
 
-
-def check_backbone_config(config):
-    """Refuse bad backbone settings before training (shared by the teacher and the student)."""
-    if config["init_method"] not in INIT_METHODS:
-        raise ConfigError(f"init_method must be one of {', '.join(INIT_METHODS)}; got {config['init_method']!r}")
-    if config["hidden_size"] % config["n_heads"] != 0:
-        raise ConfigError(
-            f"hidden_size ({config['hidden_size']}) must be a multiple of n_heads ({config['n_heads']})"
-        )
-    if config["loss_type"] != "CE":
-        raise ConfigError(f"loss_type must be 'CE' for this model (full softmax over items); got {config['loss_type']!r}")
+#: The keys of the backbone and its initialisation (shared by the teacher and the student).
+BACKBONE_KEYS = (
+    Key("hidden_size", int, low=1),
+    Key("inner_size", int, low=1),
+    Key("n_layers", int, low=1),
+    Key("n_heads", int, low=1),
+    Key("hidden_dropout_prob", float, low=0, high=1, high_open=True),
+    Key("attn_dropout_prob", float, low=0, high=1, high_open=True),
+    Key("hidden_act", str, choices=HIDDEN_ACTS),
+    Key("layer_norm_eps", float, low=0, low_open=True),
+    Key("init_method", str, choices=INIT_METHODS),
+    Key("init_range", float, low=0),
+    Key("loss_type", str, choices=("CE",)),
+)
+BACKBONE_RELATIONS = (
+    Relation(("hidden_size", "n_heads"), lambda c: c["hidden_size"] % c["n_heads"] == 0,
+             "hidden_size must be a multiple of n_heads"),
+)
 
 
 def init_backbone_weights(module, method, init_range, std=0.02):
@@ -107,9 +115,11 @@ class EODRecTeacher(SequentialRecommender):
     ``item_embedding.weight``.
     """
 
+    config_keys = BACKBONE_KEYS
+    config_relations = BACKBONE_RELATIONS
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        check_backbone_config(config)
         self.hidden_size = config["hidden_size"]
         self.loss_type = config["loss_type"]
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
