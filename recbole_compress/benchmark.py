@@ -316,7 +316,7 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
         "fit_seconds": time.perf_counter() - start,
         "resumed_from": resume,
         "checkpoint": trainer.saved_model_file,
-        "params": count_parameters(model),
+        "params": count_parameters(model, inference=True),
         "state_dict_bytes": state_dict_bytes(model),
     }
     record.update(_model_extras(model))
@@ -347,7 +347,7 @@ def _teacher_record(entry, seed, run, teacher_path):
         "train_seconds_per_epoch": info.get("train_seconds_per_epoch"),
         "fit_seconds": info.get("fit_seconds"),
         "checkpoint": teacher_path,
-        "params": count_parameters(teacher.model),
+        "params": count_parameters(teacher.model, inference=True),
         "state_dict_bytes": state_dict_bytes(teacher.model),
         "phase_checkpoints": {},
         "teacher_of": entry["label"],

@@ -81,9 +81,19 @@ def state_dict_bytes(model):
     return total
 
 
-def count_parameters(model, trainable_only=False):
-    """Number of parameters (tied parameters counted once, as ``nn.Module.parameters()`` does)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def count_parameters(model, trainable_only=False, inference=False):
+    """Number of parameters (tied parameters counted once, as ``nn.Module.parameters()`` does).
+
+    ``inference=True`` leaves out the submodules a model lists in its class attribute ``training_only_modules``
+    (parts that only shape training, e.g. EODRec's distillation heads and code encoder): what the trained model
+    needs to recommend, the size a compressed model is compared by."""
+    skipped = set()
+    if inference:
+        for name in getattr(type(model), "training_only_modules", ()):
+            module = getattr(model, name, None)
+            if module is not None:
+                skipped |= {id(p) for p in module.parameters()}
+    return sum(p.numel() for p in model.parameters() if (p.requires_grad or not trainable_only) and id(p) not in skipped)
 
 
 def report_json(result, output=None):

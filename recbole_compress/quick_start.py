@@ -65,7 +65,7 @@ def run_recbole_compress(
     logger.info(run.model)
     _log_flops(run.model, run.data.dataset, config, logger)
     result = fit_and_test(run, saved=saved, show_progress=config["show_progress"])
-    result["params"] = count_parameters(run.model)
+    result["params"] = count_parameters(run.model, inference=True)
     result["counterpart_size"] = counterpart_size(run)
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")

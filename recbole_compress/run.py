@@ -293,7 +293,7 @@ def counterpart_size(run):
         counterpart = type(run.model).compressed_from
     if counterpart == "teacher":
         teacher = getattr(run.trainer, "teacher", None)
-        return (f"its teacher ({type(teacher).__name__})", count_parameters(teacher)) if teacher is not None else None
+        return (f"its teacher ({type(teacher).__name__})", count_parameters(teacher, inference=True)) if teacher is not None else None
     if counterpart is None:
         return None
     cls = get_model(counterpart)
@@ -301,7 +301,7 @@ def counterpart_size(run):
     settings = {k: v for k, v in run.config.external_config_dict.items()
                 if k in reads and k not in ("model", "item_compression")}
     config = Config(model=cls, dataset=run.config["dataset"], config_dict=settings, read_cmd_line=False)
-    return cls.__name__, count_parameters(cls(config, run.data.train._dataset))
+    return cls.__name__, count_parameters(cls(config, run.data.train._dataset), inference=True)
 
 
 def ensure_threads(num_threads):

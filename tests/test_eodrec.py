@@ -608,3 +608,32 @@ def test_resuming_a_stage_two_checkpoint_restores_teacher_and_optimiser(tiny_con
     assert len(trainer2.optimizer.state) > 0  # Adam moments restored
     trainer2.fit(train2, valid2, saved=False)
     assert torch.equal(model2.item_codebook.codes, model.item_codebook.codes)
+
+
+def test_its_size_leaves_out_the_training_only_parts_which_scoring_never_reads(tiny_config, teacher_file):
+    """The size a student is compared by is what it needs to recommend: scores are unchanged with the parts listed
+    in training_only_modules broken, and on ml-100k the defaults give a student smaller than its teacher."""
+    import copy
+
+    from recbole_compress.profiling import count_parameters
+
+    _, model, trainer, train, valid, test = _student(tiny_config, teacher_file, epochs=2, pretrain_epochs=1)
+    trainer.fit(train, valid, saved=False)
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        before = model.full_sort_predict(batch)
+        broken = copy.deepcopy(model)
+        for name in EODRec.training_only_modules:
+            for p in getattr(broken, name).parameters():
+                p.fill_(float("nan"))
+        assert torch.equal(broken.full_sort_predict(batch), before)
+    parts = sum(count_parameters(getattr(model, n)) for n in EODRec.training_only_modules)
+    assert parts > 0 and count_parameters(model, inference=True) == count_parameters(model) - parts
+
+    sizes = {}
+    for cls in (EODRec, EODRecTeacher):
+        config = Config(model=cls, dataset="ml-100k", config_dict={"state": "ERROR"}, read_cmd_line=False)
+        train_ml, _, _ = data_preparation(config, create_dataset(config))
+        sizes[cls.__name__] = count_parameters(cls(config, train_ml._dataset), inference=True)
+    assert sizes["EODRec"] < sizes["EODRecTeacher"], sizes

@@ -191,6 +191,9 @@ class EODRec(SequentialRecommender):
     r"""EODRec's on-device student: compositional item codes + soft-attention SASRec, distilled from a teacher."""
 
     counterpart = "teacher"
+    #: parts that only shape training (the contrastive projection heads, and the code encoder, which reads the
+    #: teacher's table and is dropped once the codes are frozen): not counted in the model's size
+    training_only_modules = ("kd_heads", "code_encoder")
     # the teacher is trained first (teacher_<key> configures it); its item table must have the student's width
     phases = (Phase("teacher_", "EODRecTeacher", inherit=("hidden_size",), match=("hidden_size",)),)
     config_keys = EODREC_KEYS
