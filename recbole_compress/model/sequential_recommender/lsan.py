@@ -183,19 +183,9 @@ class LSAN(SequentialRecommender):
 
         # ---- configuration (declared in config_keys, checked before the run starts) -----------------------------
         self.hidden_size = config["hidden_size"]
-        self.n_layers = config["n_layers"]
-        self.n_heads = config["n_heads"]
-        self.head_width = config["head_width"]
-        self.twin_mode = config["twin_mode"]
-        self.conv_kernel_size = config["conv_kernel_size"]
-        self.conv_padding = config["conv_padding"]
         self.attn_mask = config["attn_mask"]
-        self.inner_size = config["inner_size"] or self.hidden_size
-        self.hidden_act = config["hidden_act"]
         self.hidden_dropout_prob = config["hidden_dropout_prob"]
-        self.attn_dropout_prob = config["attn_dropout_prob"]
         self.layer_norm_eps = config["layer_norm_eps"]
-        self.use_residual_ln = config["use_residual_ln"]
         self.initializer_range = config["initializer_range"]
         self.embedding_type = config["embedding_type"]
         self.composition = config["composition"]
@@ -237,13 +227,7 @@ class LSAN(SequentialRecommender):
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)
-        self.encoder = TwinAttentionEncoder(
-            n_layers=self.n_layers, hidden_size=self.hidden_size, n_heads=self.n_heads,
-            kernel_size=self.conv_kernel_size, mode=self.twin_mode, head_width=self.head_width,
-            conv_padding=self.conv_padding, inner_size=self.inner_size, hidden_dropout_prob=self.hidden_dropout_prob,
-            attn_dropout_prob=self.attn_dropout_prob, hidden_act=self.hidden_act, layer_norm_eps=self.layer_norm_eps,
-            use_residual_ln=self.use_residual_ln,
-        )
+        self.encoder = self._build_encoder(config)
 
         # ---- prediction layer, Eq.(14) --------------------------------------------------------------------------
         if self.output_layer == "full":
@@ -256,6 +240,21 @@ class LSAN(SequentialRecommender):
             self.item_embedding.reset_parameters()  # its own initialisation (a product needs another scale)
         if self.output_layer == "tied" and self.output_bias:
             nn.init.zeros_(self.output_bias_vector)
+
+    def _build_encoder(self, config):
+        """Twin attention (§3.2): ``n_heads`` depth-wise convolution heads beside ``n_heads`` self-attention heads,
+        projected to D, then a point-wise FFN; ``n_layers`` such layers."""
+        self.n_layers, self.n_heads = config["n_layers"], config["n_heads"]
+        self.twin_mode, self.head_width = config["twin_mode"], config["head_width"]
+        self.conv_kernel_size, self.conv_padding = config["conv_kernel_size"], config["conv_padding"]
+        self.inner_size = config["inner_size"] or self.hidden_size
+        return TwinAttentionEncoder(
+            n_layers=self.n_layers, hidden_size=self.hidden_size, n_heads=self.n_heads,
+            kernel_size=self.conv_kernel_size, mode=self.twin_mode, head_width=self.head_width,
+            conv_padding=self.conv_padding, inner_size=self.inner_size, hidden_dropout_prob=self.hidden_dropout_prob,
+            attn_dropout_prob=config["attn_dropout_prob"], hidden_act=config["hidden_act"],
+            layer_norm_eps=self.layer_norm_eps, use_residual_ln=config["use_residual_ln"],
+        )
 
     def _build_composition(self, config):
         """Eq.(6)-(8): attention over the base vectors under the context, and the context injection MLP."""
