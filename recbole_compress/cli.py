@@ -30,7 +30,7 @@ from recbole_compress.commandline import (
     quiet_known_noise,
     report_error,
 )
-from recbole_compress.errors import CheckpointError, ConfigError
+from recbole_compress.errors import CheckpointError, ConfigError, DataError
 from recbole_compress.registry import get_model
 
 RESULT_METRICS = ("ndcg@10", "hit@10", "mrr@10")
@@ -178,7 +178,7 @@ def main(argv=None):
     from recbole_compress.run import RunInterrupted
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    rows, failed = [], 0
+    rows, code = [], 0
     for model in models:
         try:
             rows.append(run_one(model, args, config_files, own[model]))
@@ -187,9 +187,12 @@ def main(argv=None):
         except KeyboardInterrupt:
             print(f"\ninterrupted before {model} started training: nothing to resume", file=sys.stderr)
             return 130
+        except (ConfigError, CheckpointError, DataError) as e:  # found once the data is loaded: no traceback
+            code = max(code, report_error(e))
+            rows.append({"model": model, "status": f"failed: {e}"})
         except Exception as e:
-            failed += 1
+            code = max(code, 1)
             traceback.print_exc()
             rows.append({"model": model, "status": f"failed: {type(e).__name__}: {e}"})
     print_table(rows, args.dataset)
-    return 1 if failed else 0
+    return code

@@ -163,3 +163,41 @@ def test_each_model_of_a_multi_model_run_logs_into_its_own_file(tiny_data_path, 
         assert len(files) == 1
         text = open(tmp_path / "log" / model / files[0]).read()
         assert "test result" in text and text.count("test result") == 1
+
+
+def test_ctrl_c_ends_with_the_resume_command_and_exit_130(tiny_data_path, tmp_path):
+    """SIGINT during training: no traceback, the last complete epoch's file and the command that continues it."""
+    args = ["--model=SASRec", "--dataset=tiny", f"--data_path={tiny_data_path}", "--epochs=200", "--stopping_step=200",
+            "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
+            "--show_progress=False", f"--checkpoint_dir={tmp_path}/saved", "--train_batch_size=8"]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_recbole_compress.py"), *args], cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        saved = tmp_path / "saved"
+        if saved.exists() and any(f.endswith("-last.pth") for f in os.listdir(saved)):
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Continue it with:" in err, err[-2000:]
+    last = err.split("--resume=")[1].split()[0].strip("'\"")
+    assert os.path.isfile(last) and load_checkpoint(last)["epoch"] >= 0
+
+
+def test_data_too_short_for_a_validation_and_a_test_item_is_refused_with_the_counts(tmp_path, capsys):
+    from recbole_compress.cli import main
+
+    folder = tmp_path / "short"
+    folder.mkdir()
+    rows = [f"{u}\t{u * 2 + k}\t{k}" for u in range(1, 30) for k in range(1 + u % 2)]
+    (folder / "short.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "\n".join(rows) + "\n")
+    code = main(["--model=SASRec", "--dataset=short", f"--data_path={tmp_path}", "--epochs=1",
+                 "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", f"--checkpoint_dir={tmp_path}/saved",
+                 "--user_inter_num_interval=[0,inf)", "--item_inter_num_interval=[0,inf)"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no user has enough interactions" in err and "29 users" in err, err
+    assert "Traceback" not in err and not (tmp_path / "saved").exists()
