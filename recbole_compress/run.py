@@ -78,12 +78,13 @@ def load_data(config):
     finally:
         socket.setdefaulttimeout(previous)
     check_data(config, dataset)
+    users, interactions = dataset.user_num - 1, dataset.inter_num  # before the split turns them into sequences
     train, valid, test = data_preparation(config, dataset)
     for name, loader in (("validation", valid), ("test", test)):
         if loader is not None and len(loader._dataset) == 0:
             raise DataError(
                 f"dataset {config['dataset']!r}: no user has enough interactions for a {name} item after filtering "
-                f"({dataset.user_num - 1} users, {dataset.inter_num} interactions; the leave-one-out split needs at "
+                f"({users} users, {interactions} interactions; the leave-one-out split needs at "
                 f"least 3 interactions per user for a validation and a test item)"
             )
     return Data(dataset, train, valid, test)

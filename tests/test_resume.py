@@ -199,5 +199,5 @@ def test_data_too_short_for_a_validation_and_a_test_item_is_refused_with_the_cou
                  "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", f"--checkpoint_dir={tmp_path}/saved",
                  "--user_inter_num_interval=[0,inf)", "--item_inter_num_interval=[0,inf)"])
     err = capsys.readouterr().err
-    assert code == 2 and "no user has enough interactions" in err and "29 users" in err, err
+    assert code == 2 and "no user has enough interactions" in err and "29 users, 44 interactions" in err, err
     assert "Traceback" not in err and not (tmp_path / "saved").exists()
