@@ -428,7 +428,7 @@ class LSAN(SequentialRecommender):
         return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], self._slots(interaction))
 
     def item_output_weight(self):
-        """``W_p``, the output vector of every item ``[n_items, D]``: tied to the base tables (their mean, cached in
+        """``W_p``, the output vector of every item ``[n_items, D]``: tied to the base tables (their composition, cached in
         eval mode), the full item table, or the separate output matrix."""
         if self.output_layer == "full":
             return self.output_projection.weight
