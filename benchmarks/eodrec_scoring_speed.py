@@ -24,26 +24,15 @@ from recbole_compress.profiling import interleaved_times, report_json
 
 
 def load(checkpoint_path, teacher_path=None):
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
+    """The student and its teacher, both rebuilt by the run layer on the student's own split."""
+    from recbole_compress.run import restore
 
-    from recbole_compress.trainer import check_item_mapping, config_from_plain, load_checkpoint
-    from recbole_compress.trainer.teacher import load_teacher
-    from recbole_compress.utils import get_model
-
-    checkpoint = load_checkpoint(checkpoint_path)
-    config = config_from_plain(checkpoint["config"])
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    check_item_mapping(checkpoint, dataset, checkpoint_path)
-    train_data, _, test_data = data_preparation(config, dataset)
-    model = get_model(config["model"])(config, train_data._dataset)
-    model.load_state_dict(checkpoint["state_dict"])
-    teacher, _ = load_teacher(teacher_path or config["teacher_checkpoint"], train_data._dataset)
-    model.set_teacher(teacher)
-    model.eval()
-    teacher.eval()
-    return model, teacher, test_data
+    student = restore(checkpoint_path)
+    teacher = restore(teacher_path or student.config["teacher_checkpoint"], data=student.data, reseed=False)
+    student.model.set_teacher(teacher.model)
+    student.model.eval()
+    teacher.model.eval()
+    return student.model, teacher.model, student.data.test
 
 
 def user_batches(test_data, n_users, n_batches):
