@@ -37,7 +37,11 @@ from recbole_compress.errors import ConfigError
 from recbole_compress.model.layers.adaptive_embedding import AdaptiveEmbedding
 from recbole_compress.model.layers.adaptive_softmax import AdaptiveSoftmax
 from recbole_compress.model.layers.codebook_embedding import CodebookEmbedding
-from recbole_compress.model.layers.compositional_embedding import QuotientRemainderEmbedding, qr_table_sizes
+from recbole_compress.model.layers.compositional_embedding import (
+    QuotientRemainderEmbedding,
+    not_smaller_problem,
+    qr_table_sizes,
+)
 from recbole_compress.model.layers.frequency_blocks import BLOCK_KEYS, blocks_from_config
 
 METHODS = ("qr", "adaptive", "codebook")
@@ -98,9 +102,7 @@ def size_problem(config, dataset):
     n_items = dataset.item_num
     if method == "qr":
         sizes = qr_table_sizes(n_items - 1, setting(config, "compression_rate"), setting(config, "num_base_tables"))
-        if sum(sizes) >= n_items - 1:
-            return (f"base tables of {sizes} rows ({sum(sizes)} in all) are not smaller than the {n_items - 1}-item "
-                    f"table they replace: choose 1 < compression_rate < {n_items - 1}")
+        return not_smaller_problem(sizes, n_items - 1)
     if method == "codebook":
         rows = setting(config, "num_codebooks") * setting(config, "codebook_size")
         if rows >= n_items - 1:

@@ -38,6 +38,15 @@ import torch
 from torch import nn
 
 
+def not_smaller_problem(sizes, num_items):
+    """A message when base tables of ``sizes`` rows are not smaller than the ``num_items``-row table they replace
+    (compression that compresses nothing), else None."""
+    if sum(sizes) < num_items:
+        return None
+    return (f"base tables of {list(sizes)} rows ({sum(sizes)} in all) are not smaller than the {num_items}-item table "
+            f"they replace: choose 1 < compression_rate < {num_items}")
+
+
 def qr_table_sizes(num_items, compression_rate=2, num_tables=2):
     """Rows of each base table: ``[m] * (N - 1) + [ceil(V / m^(N-1))]``.
 

@@ -59,7 +59,11 @@ from torch import nn
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_compress.data.time_slot_dataset import TimeSlotSequentialDataset, register_dataset, slot_field_name
-from recbole_compress.model.layers.compositional_embedding import QuotientRemainderEmbedding, qr_table_sizes
+from recbole_compress.model.layers.compositional_embedding import (
+    QuotientRemainderEmbedding,
+    not_smaller_problem,
+    qr_table_sizes,
+)
 from recbole_compress.model.layers.temporal_context import (
     ContextAwareComposition,
     TemporalContextEmbedding,
@@ -97,12 +101,10 @@ def base_table_sizes_problem(config, dataset):
 
 def compression_problem(config, dataset):
     """A message when the base tables are not smaller than the item table they replace, else None."""
-    items = dataset.item_num - 1
-    sizes = _table_sizes(config, dataset)
-    if config["embedding_type"] == "compositional" and sum(sizes) >= items:
-        return (f"base tables of {sizes} rows ({sum(sizes)} in all) are not smaller than the {items}-item table they "
-                f"replace: choose 1 < compression_rate < {items}, or embedding_type: full for an uncompressed table")
-    return None
+    if config["embedding_type"] != "compositional":
+        return None
+    problem = not_smaller_problem(_table_sizes(config, dataset), dataset.item_num - 1)
+    return problem and problem + ", or embedding_type: full for an uncompressed table"
 
 
 def context_problem(config, dataset):
