@@ -44,7 +44,8 @@ def _base_row(label, recs, counterpart):
     row["epochs_run"] = [r.get("epochs_run") for r in recs]
     stops = [r.get("stopped_by") for r in recs]
     row["stopped_by"] = stops
-    row["converged"] = all(s == "early stopping" for s in stops)
+    # a teacher loaded from a given checkpoint (e.g. "@teacher": another entry's) was not trained in this row
+    row["converged"] = all(s in ("early stopping", "loaded") for s in stops)
     epochs = [r["train_seconds_per_epoch"] for r in recs if r.get("train_seconds_per_epoch")]
     row["train_seconds_per_epoch"] = statistics.mean(epochs) if epochs else None
     fits = [r["fit_seconds"] for r in recs if r.get("fit_seconds")]
@@ -108,6 +109,8 @@ def _ratio_cell(r):
 
 
 def _epochs_cell(r):
+    if r.get("stopped_by") and all(s == "loaded" for s in r["stopped_by"]):
+        return "loaded (given checkpoint)"
     epochs = ", ".join(str(e) for e in r.get("epochs_run") or [] if e is not None) or "–"
     return epochs if r.get("converged", True) else f"{epochs} (not converged)"
 
@@ -177,7 +180,8 @@ def write_outputs(plan, runs, rows, output_dir, command, test_users=None):
         f"(recbole_compress/intervals.py); goal verdicts: met (lower bound ≥ goal), missed (upper bound < goal), "
         f"within noise. Inference: {plan['infer_batches']} batches of {plan['infer_batch_users']} test users, timed "
         f"in one process interleaved with the counterpart. Epochs: per seed; 'not converged' when the epoch cap, not "
-        f"early stopping, ended a seed.\n\n" + markdown_table(rows) + "\n"
+        f"early stopping, ended a seed; 'loaded' for a teacher given as a checkpoint (not trained in that row)."
+        f"\n\n" + markdown_table(rows) + "\n"
     )
     extra = [r for r in rows if r.get("param_breakdown") or r.get("benchmark_report")]
     if extra:

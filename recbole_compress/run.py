@@ -252,7 +252,8 @@ class PhaseRunner:
 
         Returns:
             (model, info dict with ``checkpoint``, ``trained``, ``model``, ``best_valid_score``,
-            ``best_valid_result``, ``train_seconds_per_epoch``).
+            ``best_valid_result``, ``stopped_by`` ("early stopping", "epoch cap", or "loaded" for a given
+            checkpoint), and for a trained phase ``epochs_run``, ``fit_seconds``, ``train_seconds_per_epoch``).
         """
         path = self.config[f"{prefix}checkpoint"]
         name = prefix.rstrip("_")
@@ -261,7 +262,7 @@ class PhaseRunner:
             self.logger.info(set_color(f"Phase {name}", "green") + f": reusing {restored.config['model']} from {path}")
             restored.model.eval()
             return restored.model, {"checkpoint": path, "trained": False, "model": restored.config["model"],
-                                    "best_valid_score": None, "best_valid_result": None}
+                                    "best_valid_score": None, "best_valid_result": None, "stopped_by": "loaded"}
         phase = self.build(prefix)
         self.logger.info(set_color(f"Phase {name}", "green")
                          + f": training {phase.config['model']} for up to {phase.config['epochs']} epochs")

@@ -151,3 +151,29 @@ def test_an_entry_can_take_another_entrys_checkpoint_of_the_same_seed(tiny_data_
     for seed in (2020, 2021):
         student = load_checkpoint(runs[f"SASRec-codebook@{seed}"]["checkpoint"])["config"]
         assert student["codebook_teacher"] == runs[f"SASRec@{seed}"]["checkpoint"]
+
+
+def test_a_teacher_loaded_from_a_given_checkpoint_is_not_reported_as_not_converged():
+    """A student whose teacher is another entry's checkpoint (``teacher_checkpoint: "@teacher"``) gets a teacher row
+    that was loaded, not trained: the table says so instead of 'not converged'; a trained row ended by the epoch cap
+    still says 'not converged'."""
+    from recbole_compress.benchmark_report import markdown_table, summarise
+
+    def record(label, seed, stopped_by, epochs, ranks, **extra):
+        return {"label": label, "model": "M", "seed": seed, "test_result": {"ndcg@10": 0.1}, "test_ranks": ranks,
+                "params": 10, "state_dict_bytes": 40, "stopped_by": stopped_by, "epochs_run": epochs, **extra}
+
+    runs = {}
+    for seed in (1, 2):
+        runs[f"teacher@{seed}"] = record("teacher", seed, "epoch cap", 50, [0, 3, -1])
+        runs[f"student@{seed}"] = record("student", seed, "early stopping", 7, [1, 3, -1])
+        runs[f"student/teacher@{seed}"] = record("student/teacher", seed, "loaded", None, [0, 3, -1],
+                                                 teacher_of="student")
+    plan = {"entries": [{"label": "teacher", "model": "M"},
+                        {"label": "student", "model": "M", "counterpart": "student/teacher"}]}
+    rows = {r["label"]: r for r in summarise(plan, runs, {})}
+    assert rows["student/teacher"]["converged"] and not rows["teacher"]["converged"]
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in markdown_table(list(rows.values())).splitlines()}
+    assert lines["student/teacher"].endswith("| loaded (given checkpoint) |")
+    assert lines["teacher"].endswith("| 50, 50 (not converged) |")
+    assert lines["student"].endswith("| 7, 7 |")
