@@ -230,11 +230,12 @@ def value_problems(config, keys, relations=(), sources=None):
     for relation in relations:
         if bad & set(relation.keys) or not relation.applies(config):
             continue
+        found = ""
         try:
             ok = relation.test(config)
-        except (TypeError, ValueError, ZeroDivisionError):
-            ok = False
+        except (TypeError, ValueError, ZeroDivisionError) as err:
+            ok, found = False, f" (found: {err})" if str(err) else ""
         if not ok:
             values = ", ".join(f"{k}={config[k]!r}" for k in relation.keys)
-            problems.append(f"{values}: {relation.message}")
+            problems.append(f"{values}: {relation.message}{found}")
     return problems

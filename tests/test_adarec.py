@@ -540,8 +540,10 @@ def test_bad_configuration_is_refused_before_any_data_loads(tiny_config, extra, 
 
 
 @pytest.mark.parametrize("content, message", [
-    ("[[", "must be a JSON file with a 'genotype' entry"),
-    ('{"op_names": []}', "must be a JSON file with a 'genotype' entry"),
+    # the message says which of the file's problems it has: not JSON, no genotype entry, or a wrong shape
+    ("[[", "must be a JSON file with a 'genotype' entry (as the search phase writes): "),
+    ("[[", "(found: Expecting value"),
+    ('{"op_names": []}', "(found: " + "'" + "{path}' has no 'genotype' entry)"),
     ('{"genotype": [["skip_connect"]]}', "num_nodes lists"),
     (json.dumps({"genotype": GENOTYPE}), None),
     (json.dumps(GENOTYPE), None),  # a bare list of lists
@@ -568,6 +570,7 @@ def test_a_bad_genotype_file_exits_2_before_any_data_loads(tiny_config, tmp_path
         return
     assert main(args) == 2
     err = capsys.readouterr().err
+    message = message.replace("{path}", str(path))
     assert f"adarec_arch_file={str(path)!r}" in err and message in err and "Traceback" not in err, err
     assert not os.path.exists(tmp_path / "saved")
 
