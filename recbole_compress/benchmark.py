@@ -142,12 +142,16 @@ def _resolve_entries(plan):
         labels.add(entry["label"])
     default_cp = plan.get("counterpart") or entries[0]["label"]
     for entry in entries:
+        model = get_model(entry["model"])
         cp = entry.get("counterpart")
         if cp is None:
-            cp = getattr(get_model(entry["model"]), "counterpart", None)
+            cp = getattr(model, "counterpart", None)
             if cp not in labels and cp != "teacher":
                 cp = default_cp
-        entry["counterpart"] = f"{entry['label']}/teacher" if cp == "teacher" else cp
+        if cp == "teacher":  # its in-run teacher's row; nothing for a model without a teacher (e.g. the teacher)
+            has_teacher = any(p.prefix == "teacher_" for p in getattr(model, "phases", ()))
+            cp = f"{entry['label']}/teacher" if has_teacher else entry["label"]
+        entry["counterpart"] = cp
 
 
 def build_plan(args, extra):

@@ -177,3 +177,20 @@ def test_a_teacher_loaded_from_a_given_checkpoint_is_not_reported_as_not_converg
     assert lines["student/teacher"].endswith("| loaded (given checkpoint) |")
     assert lines["teacher"].endswith("| 50, 50 (not converged) |")
     assert lines["student"].endswith("| 7, 7 |")
+
+
+def test_a_plan_wide_teacher_counterpart_applies_only_to_models_with_a_teacher(tmp_path):
+    """``counterpart: teacher`` for a whole plan: a student is compared with its own teacher row, while the plan's
+    teacher entry (a model without a teacher) has no counterpart, not a row ``teacher/teacher`` that never exists."""
+    import yaml
+
+    from recbole_compress.benchmark import build_parser, build_plan
+
+    plan = {"dataset": "ml-100k", "counterpart": "teacher",
+            "entries": [{"label": "teacher", "model": "AdaRecNextItNetTeacher"},
+                        {"label": "student", "model": "AdaRec", "config": {"teacher_checkpoint": "@teacher"}},
+                        {"label": "EODRec", "model": "EODRec"}]}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    args, extra = build_parser().parse_known_args(["--plan", str(tmp_path / "plan.yaml")])
+    counterparts = {e["label"]: e["counterpart"] for e in build_plan(args, extra)["entries"]}
+    assert counterparts == {"teacher": "teacher", "student": "student/teacher", "EODRec": "EODRec/teacher"}
