@@ -520,7 +520,7 @@ def test_teacher_without_distillation_outputs_is_refused_before_any_data_loads(t
      "adarec_arch=\\[\\['skip_connect'\\]\\], num_nodes=3: adarec_arch must be a list .* of num_nodes lists"),
     ({"adarec_arch": "[[", "retrain_init": "random"}, "adarec_arch='\\[\\[', num_nodes=3: adarec_arch must be a list"),
     ({"adarec_arch": [["skip_connect"], ["skip_connect", "conv9"], ["none"] * 3], "retrain_init": "random"},
-     "adarec_arch=.*each one of std_cnn_3, .*, none$"),
+     "adarec_arch=.*each one of std_cnn_3, .*, none \\(found: adarec_arch: unknown operation .conv9.; allowed: "),
     ({"adarec_arch": GENOTYPE}, "retrain_init='supernet', search_checkpoint=None: .*no search_checkpoint is set"),
     ({"adarec_arch_file": "no_such_dir/arch.json"},
      "adarec_arch_file='no_such_dir/arch.json' \\(config_dict\\): must be the path of an existing file or None"),
