@@ -154,6 +154,23 @@ def _resolve_entries(plan):
         entry["counterpart"] = cp
 
 
+def _keep_only(plan, labels):
+    """Keep the entries named by ``--only`` and those they need: their counterparts and ``@label`` references."""
+    by_label = {e["label"]: e for e in plan["entries"]}
+    unknown = [label for label in labels if label not in by_label]
+    if unknown:
+        raise ConfigError(f"--only={','.join(labels)}: no entry labelled {', '.join(map(repr, unknown))} in the plan "
+                          f"(its labels: {', '.join(by_label)})")
+    keep, todo = set(), list(labels)
+    while todo:
+        label = todo.pop()
+        if label in keep or label not in by_label:  # e.g. the counterpart '<label>/teacher' is a row, not an entry
+            continue
+        keep.add(label)
+        todo += [by_label[label]["counterpart"]] + list(references(by_label[label]).values())
+    plan["entries"] = [e for e in plan["entries"] if e["label"] in keep]
+
+
 def build_plan(args, extra):
     """The plan of a benchmark run: the plan file (if any), the command line over it, the protocol preset under
     both; every entry resolved (model class name, label, counterpart)."""
@@ -167,6 +184,8 @@ def build_plan(args, extra):
     plan.setdefault("name", plan["dataset"])
     _apply_protocol(plan)
     _resolve_entries(plan)
+    if getattr(args, "only", None):
+        _keep_only(plan, [label.strip() for label in args.only.split(",") if label.strip()])
     for file in plan["config_files"]:
         if not os.path.isfile(file):
             raise ConfigError(f"config file {file!r} does not exist")
@@ -474,6 +493,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m recbole_compress.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--plan", help="plan file (YAML) with entries and their settings")
     p.add_argument("--models", help="comma-separated models (each its own entry), instead of or over --plan entries")
+    p.add_argument("--only", help="comma-separated labels: run only these entries of the plan, with the entries "
+                                  "they are compared with or take a checkpoint from (e.g. a probe of one ablation)")
     p.add_argument("--dataset", help="dataset name (default ml-100k)")
     p.add_argument("--data_path", help="folder holding <dataset>/<dataset>.inter (not needed for ml-100k)")
     p.add_argument("--protocol", help="protocol preset file (default properties/preset/benchmark_protocol.yaml)")

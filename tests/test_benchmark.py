@@ -194,3 +194,23 @@ def test_a_plan_wide_teacher_counterpart_applies_only_to_models_with_a_teacher(t
     args, extra = build_parser().parse_known_args(["--plan", str(tmp_path / "plan.yaml")])
     counterparts = {e["label"]: e["counterpart"] for e in build_plan(args, extra)["entries"]}
     assert counterparts == {"teacher": "teacher", "student": "student/teacher", "EODRec": "EODRec/teacher"}
+
+
+def test_only_runs_the_named_entries_and_what_they_need(tmp_path):
+    """``--only``: a probe of some entries of a plan keeps their counterparts and the entries whose checkpoints they
+    take ("@label"), nothing else; an unknown label is refused, naming the plan's labels."""
+    from recbole_compress.benchmark import build_parser, build_plan
+    from recbole_compress.errors import ConfigError
+
+    def labels(plan_file, only):
+        args, extra = build_parser().parse_known_args(["--plan", plan_file, "--data_path", str(tmp_path),
+                                                       "--only", only])
+        return [e["label"] for e in build_plan(args, extra)["entries"]]
+
+    assert labels("benchmarks/all_five_beauty.yaml", "CpRec") == ["SASRec", "NextItNet-uncompressed", "CpRec"]
+    assert labels("benchmarks/all_five_beauty.yaml", "EODRec,GRU4Rec") == ["SASRec", "GRU4Rec", "EODRec"]
+    # GRU4Rec-codebook: its counterpart GRU4Rec, its codes fitted to GRU4Rec; the plain GRU4Rec row is compared with SASRec
+    assert labels("benchmarks/any_model_beauty.yaml", "GRU4Rec-codebook") == ["SASRec", "GRU4Rec", "GRU4Rec-codebook"]
+    assert labels("benchmarks/adarec_beta_beauty.yaml", "beta=1") == ["teacher", "beta=1"]
+    with pytest.raises(ConfigError, match="--only=LSAN: no entry labelled 'LSAN' in the plan .*LSAN-m2"):
+        labels("benchmarks/all_five_beauty.yaml", "LSAN")
