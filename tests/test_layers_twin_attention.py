@@ -42,8 +42,15 @@ def _eq9_loop(x, weight, padding):
 def test_depthwise_conv_matches_eq9(kernel, padding):
     torch.manual_seed(kernel)
     conv = DepthwiseConvHeads(6, 2, kernel, padding)
-    x = torch.randn(2, 9, 6)
-    assert torch.allclose(conv(x), _eq9_loop(x, conv.weight.detach(), padding), atol=1e-5)
+    x = torch.randn(2, 9, 6, requires_grad=True)
+    out, ref = conv(x), _eq9_loop(x, conv.weight, padding)
+    assert torch.allclose(out, ref, atol=1e-5)
+    # and the gradients (what training sees) are Eq.(9)'s, for the input and the kernels
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, conv.weight), g)
+    ref_grads = torch.autograd.grad(ref, (x, conv.weight), g)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got, want, atol=1e-5)
     assert conv.weight.numel() == 2 * 6 * kernel  # L*D weights per head, no bias
     assert [n for n, _ in conv.named_parameters()] == ["weight"]
 
