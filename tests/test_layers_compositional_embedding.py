@@ -190,3 +190,20 @@ def test_product_keeps_the_items_of_a_quotient_row_apart_and_the_sum_cannot():
     orders = torch.randint(0, 2, (8, 8), generator=g).bool()
     assert _fit_within_pair_orders("mult", users, orders) == 1.0
     assert _fit_within_pair_orders("sum", users, orders) < 0.9
+
+
+def test_elementwise_product_equals_prod_with_its_gradients():
+    """The multiplicative merge without ``prod``'s slow backward: the same values and gradients, zeros included."""
+    from recbole_compress.model.layers.compositional_embedding import elementwise_product
+
+    for n in (1, 2, 3):
+        torch.manual_seed(n)
+        v = torch.randn(4, 5, n, 6)
+        v[0, 0, 0, :3] = 0.0  # a zero factor: prod's backward treats it specially
+        a, b = v.clone().requires_grad_(), v.clone().requires_grad_()
+        out, ref = elementwise_product(a), b.prod(dim=-2)
+        assert torch.allclose(out, ref)
+        g = torch.randn_like(ref)
+        out.backward(g)
+        ref.backward(g)
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)

@@ -77,6 +77,18 @@ def qr_indices(k, table_sizes):
     return torch.stack(digits, dim=-1)
 
 
+def elementwise_product(vectors):
+    """``[..., N, D] -> [..., D]``: the element-wise product of the N vectors (Shi et al.'s multiplicative merge).
+
+    The same values as ``vectors.prod(dim=-2)``, whose backward handles zeros through cumulative products and is
+    several times slower on a CPU; N is small (2 or 3), so N - 1 multiplications are all it takes."""
+    factors = vectors.unbind(dim=-2)
+    product = factors[0]
+    for factor in factors[1:]:
+        product = product * factor
+    return product
+
+
 class QuotientRemainderEmbedding(nn.Module):
     r"""Compositional id embedding from ``N`` quotient-remainder base tables.
 
@@ -163,7 +175,7 @@ class QuotientRemainderEmbedding(nn.Module):
     def merge(self, vectors):
         """``[..., N, D] -> [..., D]`` by ``combine``."""
         if self.combine == "mult":
-            return vectors.prod(dim=-2)
+            return elementwise_product(vectors)
         merged = vectors.sum(dim=-2)
         return merged / self.num_tables if self.combine == "mean" else merged
 

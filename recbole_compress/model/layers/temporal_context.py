@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from recbole_compress.model.layers.compositional_embedding import elementwise_product
+
 PAD_CATEGORY = 0
 
 
@@ -217,7 +219,7 @@ class ContextAwareComposition(nn.Module):
         """The vectors the weights apply to: the N base vectors, with their element-wise product first for
         ``attention_mult``."""
         if self.merge == "attention_mult":
-            return torch.cat([base.prod(dim=-2, keepdim=True), base], dim=-2)
+            return torch.cat([elementwise_product(base).unsqueeze(-2), base], dim=-2)
         return base
 
     def weights(self, base, context):
@@ -240,7 +242,7 @@ class ContextAwareComposition(nn.Module):
         candidates = self.candidates(base)
         alpha = self._weights(candidates, context)
         if self.merge == "mult":
-            h = base.prod(dim=-2)
+            h = elementwise_product(base)
         else:
             h = (alpha.unsqueeze(-1) * candidates).sum(dim=-2)
         if self.inject:

@@ -61,6 +61,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole_compress.data.time_slot_dataset import TimeSlotSequentialDataset, register_dataset, slot_field_name
 from recbole_compress.model.layers.compositional_embedding import (
     QuotientRemainderEmbedding,
+    elementwise_product,
     not_smaller_problem,
     qr_table_sizes,
 )
@@ -405,7 +406,7 @@ class LSAN(SequentialRecommender):
         if self.use_context:
             h, alpha = self.context_composition(base, self.context_vectors(item_seq, slot_seq))
         elif self.composition == "mult":
-            h = base.prod(-2)
+            h = elementwise_product(base)
         else:
             h = base.sum(-2) if self.composition != "mean" else base.mean(-2)
         return (h, alpha) if return_weights else h
