@@ -168,3 +168,38 @@ def test_encoder_adds_positions_to_the_attention_branch_only():
                               enc_sa(x, None, _attention_mask(valid), valid))
     with pytest.raises(ValueError):
         TwinAttentionEncoder(n_layers=0, hidden_size=d, n_heads=1)
+
+
+@pytest.mark.parametrize("mode, head_width, padding, n_layers", [
+    ("twin", "full", "centered", 1), ("twin", "split", "causal", 2), ("sa_only", "full", "centered", 2),
+    ("conv_only", "full", "centered", 1),
+])
+def test_the_output_at_given_positions_equals_the_full_output_there(mode, head_width, padding, n_layers):
+    """``index``: the last layer computes one row per sequence; values and gradients are those of the full
+    computation read at that row (sequences of different lengths, garbage in the padded rows)."""
+    torch.manual_seed(5)
+    d = 8
+    enc = TwinAttentionEncoder(n_layers=n_layers, hidden_size=d, n_heads=2, mode=mode, head_width=head_width,
+                               conv_padding=padding, inner_size=16)  # no dropout: train mode is deterministic
+    lengths = torch.tensor([7, 3, 1, 5])
+    valid = torch.arange(7).unsqueeze(0) < lengths.unsqueeze(1)
+    x = torch.randn(4, 7, d) * valid.unsqueeze(-1) + torch.randn(4, 7, d) * (~valid).unsqueeze(-1) * 100
+    positions = torch.randn(1, 7, d)
+    index = lengths - 1
+    full = enc(x, positions, _attention_mask(valid), valid)
+    rows = enc(x, positions, _attention_mask(valid), valid, index=index)
+    assert rows.shape == (4, d)
+    assert torch.allclose(rows, full[torch.arange(4), index], atol=1e-5)
+    g = torch.randn(4, d)
+    grads_rows = torch.autograd.grad(rows, list(enc.parameters()), g, allow_unused=True)
+    grads_full = torch.autograd.grad(full[torch.arange(4), index], list(enc.parameters()), g, allow_unused=True)
+    for a, b in zip(grads_rows, grads_full):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)
+    # a position other than the last valid one too (the conv window and the mask row follow the index)
+    other = torch.tensor([2, 0, 0, 4])
+    assert torch.allclose(enc(x, positions, _attention_mask(valid), valid, index=other),
+                          full[torch.arange(4), other], atol=1e-5)
+    # a bidirectional mask in RecBole's [B, 1, 1, T] form
+    both = _attention_mask(valid, causal=False)[:, :, :1]
+    assert torch.allclose(enc(x, positions, both, valid, index=index),
+                          enc(x, positions, both, valid)[torch.arange(4), index], atol=1e-5)

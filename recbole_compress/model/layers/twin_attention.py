@@ -17,7 +17,10 @@ CIKM 2021, §3.2-§3.3.1, Eq.(9)-(13)).
 
 Every module takes ``[B, T, D]`` sequences, a ``[B, T]`` boolean mask of valid positions and RecBole's additive
 attention mask (``SequentialRecommender.get_attention_mask``: 0 or -10000, ``[B, 1, T, T]``), so it can replace the
-Transformer encoder of any RecBole sequential model.
+Transformer encoder of any RecBole sequential model. Each also takes ``index`` (``[B]`` positions): then it computes
+its output at those positions only, ``[B, D]`` (keys, values and windows still read the whole sequence). A model
+whose loss and scores read one position per sequence (LSAN: the last valid item) passes it to its last layer, which
+then does the attention queries, the projection, the FFN, the LayerNorms and their dropout for one row instead of T.
 """
 import math
 
@@ -26,6 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 _ACT = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+
+
+def rows_at(x, index):
+    """``x[b, index[b]]`` for every b: ``[B, T, ...] -> [B, ...]``."""
+    return x[torch.arange(x.size(0), device=x.device), index]
 
 
 def conv_padding_sizes(kernel_size, padding="centered"):
@@ -62,12 +70,17 @@ class DepthwiseConvHeads(nn.Module):
         return f"hidden_size={self.hidden_size}, n_heads={self.n_heads}, kernel_size={self.kernel_size}, " \
                f"padding={self.padding}"
 
-    def forward(self, x):
+    def forward(self, x, index=None):
+        """``[B, T, D] -> [B, T, H*D]``, or ``[B, H*D]`` at the positions ``index`` (``[B]``)."""
         b, t, d = x.shape
         left, right = self.padding
+        padded = F.pad(x, (0, 0, left, right)).unsqueeze(2)  # [B, T + L - 1, 1, D]
+        if index is not None:  # the window of position i is padded rows i .. i + L - 1
+            windows = padded[torch.arange(b, device=x.device).unsqueeze(1),
+                             index.unsqueeze(1) + torch.arange(self.kernel_size, device=x.device)]  # [B, L, 1, D]
+            return torch.einsum("bld,hdl->bhd", windows.squeeze(2), self.weight).reshape(b, self.n_heads * d)
         # Eq.(9) as L shifted multiply-adds, [B, T, H, D]: on a CPU a depth-wise F.conv1d (groups = D) is several
         # times slower for these short sequences and narrow kernels, forward and backward (same values)
-        padded = F.pad(x, (0, 0, left, right)).unsqueeze(2)  # [B, T + L - 1, 1, D]
         y = padded[:, 0:t] * self.weight[:, :, 0]
         for j in range(1, self.kernel_size):
             y = torch.addcmul(y, padded[:, j:j + t], self.weight[:, :, j])
@@ -109,15 +122,23 @@ class SelfAttentionHeads(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
 
-    def forward(self, x, attention_mask):
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+    def forward(self, x, attention_mask, index=None):
+        """``[B, T, D] -> [B, T, H*hd]``, or ``[B, H*hd]`` for the queries at the positions ``index`` (``[B]``)."""
+        k, v = self._heads(self.key(x)), self._heads(self.value(x))
+        if index is None:
+            q = self._heads(self.query(x))
+        else:  # one query row per sequence, and its row of the mask
+            q = self._heads(self.query(rows_at(x, index)).unsqueeze(1))  # [B, H, 1, hd]
+            if attention_mask.size(-2) > 1:  # [B, 1, T, T] (a [B, 1, 1, T] mask is the same for every query)
+                attention_mask = rows_at(attention_mask.transpose(1, 2), index).unsqueeze(2)  # [B, 1, 1, T]
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + attention_mask
         probs = torch.softmax(scores, dim=-1)
         if self.keep_attention:
             self.last_attention = probs.detach()
-        out = torch.matmul(self.attn_dropout(probs), v)  # [B, H, T, hd]
+        out = torch.matmul(self.attn_dropout(probs), v)  # [B, H, T or 1, hd]
         b, _, t, _ = out.shape
-        return out.transpose(1, 2).reshape(b, t, self.out_dim)
+        out = out.transpose(1, 2).reshape(b, t, self.out_dim)
+        return out if index is None else out[:, 0]
 
 
 class TwinAttention(nn.Module):
@@ -153,14 +174,15 @@ class TwinAttention(nn.Module):
         self.concat_dim = concat
         self.output = nn.Linear(concat, hidden_size)  # W_O, b_O
 
-    def forward(self, x_conv, x_attention, attention_mask, mask):
+    def forward(self, x_conv, x_attention, attention_mask, mask, index=None):
         """``x_conv``: input of the convolution heads (without positions); ``x_attention``: input of the attention
-        heads (with positions in the first layer); ``mask``: ``[B, T]`` valid positions."""
+        heads (with positions in the first layer); ``mask``: ``[B, T]`` valid positions; ``index``: ``[B]``
+        positions to compute the output at (``[B, D]``), or None for every position (``[B, T, D]``)."""
         parts = []
-        if self.conv is not None:
-            parts.append(self.conv(x_conv * mask.unsqueeze(-1).to(x_conv.dtype)))  # padded rows must not leak in
+        if self.conv is not None:  # padded rows must not leak in
+            parts.append(self.conv(x_conv * mask.unsqueeze(-1).to(x_conv.dtype), index))
         if self.attention is not None:
-            parts.append(self.attention(x_attention, attention_mask))
+            parts.append(self.attention(x_attention, attention_mask, index))
         return self.output(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
 
 
@@ -185,11 +207,15 @@ class TwinAttentionLayer(nn.Module):
             self.norm1 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
             self.norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
-    def forward(self, x_conv, x_attention, attention_mask, mask, residual=None):
-        """``residual``: what the twin output is added to (default ``x_attention``)."""
-        y = self.dropout1(self.twin(x_conv, x_attention, attention_mask, mask))
+    def forward(self, x_conv, x_attention, attention_mask, mask, residual=None, index=None):
+        """``residual``: what the twin output is added to (default ``x_attention``); ``index``: ``[B]`` positions
+        to compute the output at (``[B, D]``), or None for every position (``[B, T, D]``)."""
+        residual = x_attention if residual is None else residual
+        y = self.dropout1(self.twin(x_conv, x_attention, attention_mask, mask, index))
+        if index is not None:
+            residual, mask = rows_at(residual, index), rows_at(mask, index)
         if self.use_residual_ln:
-            y = self.norm1((x_attention if residual is None else residual) + y)
+            y = self.norm1(residual + y)
         z = self.dropout2(self.ffn_out(self.act(self.ffn_in(y))))
         if self.use_residual_ln:
             z = self.norm2(y + z)
@@ -209,9 +235,13 @@ class TwinAttentionEncoder(nn.Module):
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         self.layers = nn.ModuleList(TwinAttentionLayer(**layer_kwargs) for _ in range(int(n_layers)))
 
-    def forward(self, x, positions, attention_mask, mask):
+    def forward(self, x, positions, attention_mask, mask, index=None):
+        """``[B, T, D]``, or ``[B, D]`` at the positions ``index`` (``[B]``: the last layer computes those rows
+        only)."""
         x_attention = x + positions if positions is not None else x
-        out = self.layers[0](x, x_attention, attention_mask, mask, residual=x_attention)
-        for layer in self.layers[1:]:
-            out = layer(out, out, attention_mask, mask)
+        last = len(self.layers) - 1
+        out = self.layers[0](x, x_attention, attention_mask, mask, residual=x_attention,
+                             index=index if last == 0 else None)
+        for n, layer in enumerate(self.layers[1:], start=1):
+            out = layer(out, out, attention_mask, mask, index=index if n == last else None)
         return out

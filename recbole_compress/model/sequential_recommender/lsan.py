@@ -421,8 +421,8 @@ class LSAN(SequentialRecommender):
         attention_mask = self.get_attention_mask(
             item_seq * mask.to(item_seq.dtype), bidirectional=self.attn_mask == "bidirectional"
         )
-        output = self.encoder(x, positions, attention_mask, mask)
-        return self.gather_indexes(output, item_seq_len - 1)  # [B, D]
+        # the loss and the scores read the last valid position only: the last layer computes that row alone
+        return self.encoder(x, positions, attention_mask, mask, index=item_seq_len - 1)  # [B, D]
 
     def _slots(self, interaction):
         return interaction[self.SLOT_SEQ] if self.SLOT_SEQ is not None else None
