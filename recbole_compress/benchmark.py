@@ -379,6 +379,24 @@ def _teacher_record(entry, seed, run, teacher_path):
     return record
 
 
+def _worker_dies_with_parent():
+    """Pool initializer: on Linux, the worker gets SIGTERM when the benchmark process dies (``kill <pid>`` of the
+    benchmark alone would otherwise leave its workers training on, unseen, and writing into the results folder);
+    the stopped entry continues from its last epoch on the next run."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the benchmark died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _train_in_worker(plan, entry, seed, output_dir, digest):
     """One (entry, seed) in a worker process of ``--jobs N``: one thread, RecBole's noise filtered."""
     torch.set_num_threads(1)
@@ -660,7 +678,8 @@ def _train_wave(plan, todo, output_dir, jobs, finished):
         return
     import multiprocessing
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_dies_with_parent) as pool:
         futures = {pool.submit(_train_in_worker, plan, r, s, output_dir, d): (e, s, d) for r, s, d, e in todo}
         print(f"[benchmark] training {len(todo)} (entry, seed) pairs, {jobs} at a time", flush=True)
         for future in as_completed(futures):

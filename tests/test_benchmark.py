@@ -214,3 +214,48 @@ def test_only_runs_the_named_entries_and_what_they_need(tmp_path):
     assert labels("benchmarks/adarec_beta_beauty.yaml", "beta=1") == ["teacher", "beta=1"]
     with pytest.raises(ConfigError, match="--only=LSAN: no entry labelled 'LSAN' in the plan .*LSAN-m2"):
         labels("benchmarks/all_five_beauty.yaml", "LSAN")
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_workers_of_a_killed_benchmark_stop_too(tmp_path):
+    """``kill <pid>`` of a ``--jobs 2`` benchmark: its pool's workers (same initializer) end with it instead of
+    training on unseen."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "import multiprocessing\n"
+        "from recbole_compress.benchmark import _worker_dies_with_parent\n"
+        "def work():\n"
+        "    import os, time\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn'),\n"
+        "                             initializer=_worker_dies_with_parent) as pool:\n"
+        "        pool.submit(work); pool.submit(work)\n"
+        "        time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.getcwd(), env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    workers = [int(parent.stdout.readline()) for _ in range(2)]
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    assert all(alive(pid) for pid in workers)
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=30)
+    deadline = time.time() + 30
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers)
