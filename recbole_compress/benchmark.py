@@ -232,6 +232,21 @@ def settings_hash(plan, entry):
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def defaults_digest(config):
+    """What an entry's defaults were when it trained: the digest of its configuration's internal part (RecBole's and
+    the plugin's property files for this model and dataset). ``settings_hash`` covers what the plan sets; this
+    covers what it leaves to the defaults, so that a training made before a default changed is not reused."""
+    internal = getattr(config, "internal_config_dict", None) or {}
+    return hashlib.sha256(json.dumps(internal, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def same_defaults(record, entry):
+    """A record is usable for an entry unless both know their defaults and they differ (records written before
+    defaults were recorded are taken as they are)."""
+    ours, theirs = entry.get("defaults_digest"), record.get("defaults_digest")
+    return ours is None or theirs is None or ours == theirs
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # phase 1: training
 # ----------------------------------------------------------------------------------------------------------------
@@ -290,7 +305,7 @@ def _marker(folder):
     return os.path.join(folder, "in_progress.json")
 
 
-def _resume_point(folder, digest):
+def _resume_point(folder, digest, entry):
     """The last complete epoch of an interrupted training of this (entry, seed) with these settings, if any."""
     try:
         with open(_marker(folder), encoding="utf-8") as f:
@@ -298,13 +313,15 @@ def _resume_point(folder, digest):
     except (OSError, ValueError):
         return None
     last = marker.get("last_file")
-    return last if marker.get("settings_hash") == digest and last and os.path.isfile(last) else None
+    ok = marker.get("settings_hash") == digest and same_defaults(marker, entry)
+    return last if ok and last and os.path.isfile(last) else None
 
 
-def _mark_in_progress(folder, digest, trainer):
+def _mark_in_progress(folder, digest, entry, trainer):
     os.makedirs(folder, exist_ok=True)
     with open(_marker(folder), "w", encoding="utf-8") as f:
-        json.dump({"settings_hash": digest, "last_file": trainer.last_model_file}, f)
+        json.dump({"settings_hash": digest, "defaults_digest": entry.get("defaults_digest"),
+                   "last_file": trainer.last_model_file}, f)
 
 
 def train_entry(plan, entry, seed, output_dir, digest=None):
@@ -316,7 +333,7 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
 
     digest = digest or settings_hash(plan, entry)
     cfg = entry_config(plan, entry, seed, output_dir)
-    resume = _resume_point(cfg["checkpoint_dir"], digest)
+    resume = _resume_point(cfg["checkpoint_dir"], digest, entry)
     if resume:
         cfg["resume"] = resume
     config = make_config(entry["model"], plan["dataset"], plan["config_files"] or None, cfg, read_cmd_line=False)
@@ -324,7 +341,7 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
     getLogger().info(f"benchmark: training {entry['label']} ({entry['model']}), seed {seed}"
                      + (f", continuing from {resume}" if resume else ""))
     run = build(config)
-    _mark_in_progress(cfg["checkpoint_dir"], digest, run.trainer)
+    _mark_in_progress(cfg["checkpoint_dir"], digest, entry, run.trainer)
     start = time.perf_counter()
     result = fit_and_test(run, saved=True, show_progress=False)
     trainer, model = run.trainer, run.model
@@ -568,6 +585,7 @@ def check_plan(plan, output_dir):
         checked = dict(entry, config={k: v for k, v in entry["config"].items() if k not in refs})
         config = make_config(entry["model"], plan["dataset"], plan["config_files"] or None,
                              entry_config(plan, checked, plan["seeds"][0], output_dir), read_cmd_line=False)
+        entry["defaults_digest"] = defaults_digest(config)
         check_data_rules_early(config)
 
 
@@ -589,12 +607,13 @@ class Results:
             raise ConfigError(f"--reuse_from={folder!r}: no results.json there")
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-        wanted = {settings_hash(plan, e): e["label"] for e in plan["entries"]}
+        wanted = {settings_hash(plan, e): e for e in plan["entries"]}
         reused = 0
         for key, run in saved.get("runs", {}).items():
             owner = run.get("teacher_of") or run["label"]
-            digest = run.get("settings_hash")
-            if wanted.get(digest) == owner and not run.get("error") and key not in self.runs:
+            entry = wanted.get(run.get("settings_hash"))
+            if (entry is not None and entry["label"] == owner and same_defaults(run, entry) and not run.get("error")
+                    and key not in self.runs):
                 if self.test_users is None:
                     self.test_users = saved.get("test_users")
                 if saved.get("test_users") == self.test_users:
@@ -602,9 +621,9 @@ class Results:
                     reused += 1
         return reused
 
-    def done(self, key, digest):
+    def done(self, key, digest, entry):
         run = self.runs.get(key)
-        return bool(run and run.get("settings_hash") == digest and not run.get("error")
+        return bool(run and run.get("settings_hash") == digest and same_defaults(run, entry) and not run.get("error")
                     and os.path.isfile(run.get("checkpoint", "")))
 
     def add(self, entry, seed, digest, records, users):
@@ -614,6 +633,7 @@ class Results:
             raise RuntimeError(f"{entry['label']}@{seed} was tested on other users than the plan's first entry")
         for record in records:
             record["settings_hash"] = digest
+            record["defaults_digest"] = entry.get("defaults_digest")
             record["counterpart"] = entry["counterpart"] if record["label"] == entry["label"] else None
             self.runs[f"{record['label']}@{seed}"] = record
         self.save()
@@ -638,7 +658,7 @@ def train_all(plan, results, output_dir, jobs):
         digest = settings_hash(plan, entry)
         for seed in plan["seeds"]:
             key = f"{entry['label']}@{seed}"
-            if results.done(key, digest):
+            if results.done(key, digest, entry):
                 print(f"[benchmark] {key}: done in an earlier run, reused", flush=True)
             else:
                 todo.append((entry, seed, digest))

@@ -259,3 +259,35 @@ def test_the_workers_of_a_killed_benchmark_stop_too(tmp_path):
     while any(alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(alive(pid) for pid in workers)
+
+
+def test_a_training_made_under_other_defaults_is_not_reused(tiny_data_path, tmp_path, capsys, monkeypatch):
+    """A plan leaves most keys to the model's defaults: after a default changes, an earlier training of the same
+    entry (here or in a --reuse_from folder) is trained again, not taken as it is."""
+    import recbole_compress.config as config_module
+
+    out = tmp_path / "bench"
+    args = [a if a != "SASRec,GRU4Rec" else "SASRec" for a in _args(tiny_data_path, out, "--seeds", "2020")
+            if not a.startswith("--embedding_size")]
+    args[args.index("--epochs") + 1] = "1"
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "SASRec@2020: done in an earlier run, reused" in capsys.readouterr().out
+
+    real = config_module.properties_path
+    changed = tmp_path / "SASRec.yaml"
+    changed.write_text("n_layers: 1\n")  # SASRec's default is 2: the same plan now trains another model
+    monkeypatch.setattr(config_module, "properties_path",
+                        lambda *parts: str(changed) if parts == ("model", "SASRec.yaml") else real(*parts))
+    other = [a if a != str(out) else str(tmp_path / "other") for a in args]
+    assert main(other + ["--reuse_from", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "0 finished trainings reused" in printed and "SASRec@2020: done in an earlier run" not in printed
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "SASRec@2020: done in an earlier run" not in printed
+    runs = json.load(open(out / "results.json"))["runs"]
+    from recbole_compress.checkpoint import load_checkpoint
+
+    assert load_checkpoint(runs["SASRec@2020"]["checkpoint"])["config"]["n_layers"] == 1
