@@ -26,8 +26,9 @@ Results go to ``<output_dir>/results.json``, ``results.md``, ``pareto.png`` (NDC
 ``pareto_inference.png`` (against inference time). A plan survives a stop: finished (entry, seed) trainings whose
 settings are unchanged are not redone, and an (entry, seed) interrupted in the middle of its training continues from
 its last complete epoch (the run layer's exact resume), so the plan ends with the same numbers as an uninterrupted
-one. ``--jobs 2`` trains two (entry, seed) pairs at a time, each in its own process with one thread; the timing
-after training stays in one process.
+one. Every training runs at one thread: ``--jobs 2`` trains two (entry, seed) pairs at a time, each in its own process;
+``--jobs 1`` trains them one after another in the benchmark's process. The timing after training stays in one
+process, at torch's thread count.
 
 A plan file (YAML) names entries with their own settings::
 
@@ -687,14 +688,19 @@ def train_all(plan, results, output_dir, jobs):
 
 
 def _train_wave(plan, todo, output_dir, jobs, finished):
-    if jobs <= 1:
-        for resolved, seed, digest, entry in todo:
-            print(f"[benchmark] {entry['label']}@{seed}: training", flush=True)
-            try:
-                finished(entry, seed, digest, train_entry(plan, resolved, seed, output_dir, digest))
-            except Exception as e:
-                traceback.print_exc()
-                finished(entry, seed, digest, error=f"{type(e).__name__}: {e}")
+    if jobs <= 1:  # in this process, at one thread like a worker (the timing afterwards keeps torch's setting)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for resolved, seed, digest, entry in todo:
+                print(f"[benchmark] {entry['label']}@{seed}: training", flush=True)
+                try:
+                    finished(entry, seed, digest, train_entry(plan, resolved, seed, output_dir, digest))
+                except Exception as e:
+                    traceback.print_exc()
+                    finished(entry, seed, digest, error=f"{type(e).__name__}: {e}")
+        finally:
+            torch.set_num_threads(threads)
         return
     import multiprocessing
 

@@ -291,3 +291,20 @@ def test_a_training_made_under_other_defaults_is_not_reused(tiny_data_path, tmp_
     from recbole_compress.checkpoint import load_checkpoint
 
     assert load_checkpoint(runs["SASRec@2020"]["checkpoint"])["config"]["n_layers"] == 1
+
+
+def test_jobs_1_trains_at_one_thread_too(monkeypatch):
+    """``--jobs 1`` trains in the benchmark's own process: at one thread, as a ``--jobs 2`` worker does (the
+    protocol's "one thread per training"), and the process's thread count is back afterwards for the timing."""
+    import recbole_compress.benchmark as benchmark
+
+    seen = []
+    monkeypatch.setattr(benchmark, "train_entry", lambda *args: seen.append(torch.get_num_threads()) or ([], []))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        benchmark._train_wave({}, [({}, 2020, "d", {"label": "A"}), ({}, 2021, "d", {"label": "A"})], "out", 1,
+                              lambda *args, **kwargs: None)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
