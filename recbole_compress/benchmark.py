@@ -743,7 +743,9 @@ def main(argv=None):
               f"from its last epoch when you run the same command again", file=sys.stderr)
         return 130
     labels = {e["label"] for e in plan["entries"]} | {e["label"] + "/teacher" for e in plan["entries"]}
-    good = {k: v for k, v in results.runs.items() if not v.get("error") and v["label"] in labels}
+    # the plan's seeds only: a folder may hold (or reuse) other seeds of an entry, e.g. after a one-seed probe
+    good = {k: v for k, v in results.runs.items()
+            if not v.get("error") and v["label"] in labels and v["seed"] in plan["seeds"]}
     print("[benchmark] measuring inference time and memory", flush=True)
     measured = measure(plan, good, repeats=args.repeats)
     rows = summarise(plan, good, measured)

@@ -53,6 +53,13 @@ def test_benchmark_two_tiny_models(tiny_data_path, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "SASRec@2020: done in an earlier run, reused" in printed and "GRU4Rec@2021: done in an earlier" in printed
 
+    # one seed over the same folder: its table is that seed's, not every seed the folder holds
+    assert main([a if a != "2020,2021" else "2020" for a in args]) == 0
+    with open(out / "results.json") as f:
+        one_seed = json.load(f)
+    assert {r["label"]: r["seeds"] for r in one_seed["summary"]} == {"SASRec": 1, "GRU4Rec": 1}
+    assert len(one_seed["runs"]) == 4  # the other seed's trainings stay recorded
+
     # another plan with an entry trained alike takes its trainings from this one
     other = [a for a in _args(tiny_data_path, tmp_path / "other", "--seeds", "2020,2021") if a != "SASRec,GRU4Rec"]
     other[other.index("--models") + 1:other.index("--models") + 1] = ["SASRec"]
