@@ -1,7 +1,8 @@
 """LSAN's training-step and full-ranking time against SASRec (RecBole's), and what each of LSAN's speed changes of
 2026-12-01 gave, timed interleaved in one process on one thread (docs/LSAN.md#speed-2026-12-01).
 
-    PYTHONPATH=. python benchmarks/lsan_speed.py --data_path <datasets folder> [--dataset beauty] [--rounds 6]
+    PYTHONPATH=. python benchmarks/lsan_speed.py --data_path <datasets folder> [--dataset beauty] [--rounds 6] \
+        [--lsan n_layers=2 ...]
 
 Both models are built untrained on the dataset with LSAN's defaults and no context (SASRec at RecBole's defaults),
 batch 256, sequences of 20. "Changes": LSAN's step with its convolution heads as a grouped ``F.conv1d``, its
@@ -14,6 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 import recbole_compress.model.layers.compositional_embedding as compositional
 import recbole_compress.model.layers.temporal_context as temporal
@@ -80,11 +82,14 @@ def main():
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--dataset", default="beauty")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--lsan", nargs="*", default=[], help="LSAN settings over its defaults, e.g. n_layers=2")
     args = parser.parse_args()
+    lsan_settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.lsan)}
     torch.set_num_threads(1)
     cfg = {"load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "MAX_ITEM_LIST_LENGTH": 20,
            "data_path": args.data_path, "state": "ERROR", "train_batch_size": 256, "show_progress": False}
-    run = build(make_config("LSAN", args.dataset, None, dict(cfg, use_context=False), read_cmd_line=False))
+    run = build(make_config("LSAN", args.dataset, None, dict(cfg, use_context=False, **lsan_settings),
+                            read_cmd_line=False))
     sasrec = get_model("SASRec")(make_config("SASRec", args.dataset, None, cfg, read_cmd_line=False),
                                  run.data.train._dataset)
     models = {"LSAN": run.model, "SASRec": sasrec}
