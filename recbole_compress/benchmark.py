@@ -4,6 +4,8 @@ protocol, with confidence intervals.
     python -m recbole_compress.benchmark --plan benchmarks/all_five_beauty.yaml --data_path <datasets> --jobs 2
     python -m recbole_compress.benchmark --models SASRec,NextItNet,GRU4Rec --seeds 2020,2021,2022
     python -m recbole_compress.benchmark --models LSAN,SASRec --dataset beauty --data_path ../datasets --use_context=False
+    python -m recbole_compress.benchmark --plan benchmarks/lsan_beauty.yaml --data_path <datasets> \
+        --only LSAN-m2-2layers --seeds 2020     # a one-seed probe of one entry (and its counterpart)
 
 Every entry trains under the same protocol (``properties/preset/benchmark_protocol.yaml``, chosen by measurement,
 see docs/benchmarks/protocol.md: batch size, learning rate, early stopping on valid NDCG@10 with a patience, a cap on
