@@ -171,7 +171,9 @@ def write_outputs(plan, runs, rows, output_dir, command, test_users=None):
                    "runs": runs, "summary": rows}, f, indent=1, default=str)
     budget = (f"protocol {plan.get('protocol_file')}: epochs ≤ {plan['epochs']}, early stopping on valid "
               f"{plan.get('valid_metric', 'NDCG@10')} with patience {plan['stopping_step']}, seeds {plan['seeds']}")
-    hours = sum(r.get("fit_seconds") or 0 for r in runs.values() if not r.get("teacher_of")) / 3600
+    labels = {r["label"] for r in rows}
+    hours = sum(r.get("fit_seconds") or 0 for r in runs.values()  # the trainings this table summarises
+                if not r.get("teacher_of") and r["label"] in labels and r.get("seed") in plan["seeds"]) / 3600
     text = (
         f"# Benchmark: {plan['name']} (dataset {plan['dataset']})\n\nCommand: `{command}`\n\n{budget}; training "
         f"took {hours:.1f} CPU-thread hours in all. Test metrics at the best validation epoch (full ranking, "
