@@ -58,6 +58,7 @@ def _readme_commands():
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        block = re.sub(r"\\\n\s*", " ", block)  # a command continued on the next line with a backslash
         for line in block.splitlines():
             line = re.split(r"\s+#\s", line)[0].strip()
             if line.startswith(("python ", "./install.sh")) or " python " in line:
