@@ -68,7 +68,7 @@ import torch
 import yaml
 
 from recbole_compress import properties_path
-from recbole_compress.benchmark_report import RESULTS_VERSION, summarise, write_outputs
+from recbole_compress.benchmark_report import RESULTS_VERSION, references, row_labels, summarise, write_outputs
 from recbole_compress.checkpoint import to_plain
 from recbole_compress.commandline import parse_value, quiet_known_noise
 from recbole_compress.errors import ConfigError
@@ -552,12 +552,6 @@ def build_parser():
     return p
 
 
-def references(entry):
-    """``{key: label}`` of an entry's settings that name another entry's checkpoint of the same seed, written
-    ``"@<label>"`` (e.g. ``codebook_teacher: "@SASRec"``: codes fitted to the plain SASRec trained with that seed)."""
-    return {k: v[1:] for k, v in entry["config"].items() if isinstance(v, str) and v.startswith("@")}
-
-
 def with_checkpoints(entry, seed, results):
     """The entry with its ``@label`` settings replaced by those entries' checkpoints for ``seed``."""
     refs = references(entry)
@@ -744,7 +738,7 @@ def main(argv=None):
         print(f"\n[benchmark] interrupted: finished trainings are in {results.path}; an interrupted one continues "
               f"from its last epoch when you run the same command again", file=sys.stderr)
         return 130
-    labels = {e["label"] for e in plan["entries"]} | {e["label"] + "/teacher" for e in plan["entries"]}
+    labels = set(row_labels(plan))
     # the plan's seeds only: a folder may hold (or reuse) other seeds of an entry, e.g. after a one-seed probe
     good = {k: v for k, v in results.runs.items()
             if not v.get("error") and v["label"] in labels and v["seed"] in plan["seeds"]}

@@ -14,13 +14,43 @@ METRICS = ("ndcg@10", "hit@10", "mrr@10")
 RESULTS_VERSION = 2
 
 
-def labels_in_order(plan, runs):
+def references(entry):
+    """``{key: label}`` of an entry's settings that name another entry's checkpoint of the same seed, written
+    ``"@<label>"`` (e.g. ``codebook_teacher: "@SASRec"``: codes fitted to the plain SASRec trained with that seed)."""
+    return {k: v[1:] for k, v in (entry.get("config") or {}).items() if isinstance(v, str) and v.startswith("@")}
+
+
+def teacher_entry(entry):
+    """The label of the plan entry whose checkpoint is this entry's teacher (``teacher_checkpoint: "@teacher"``),
+    or None. Such a student's ``<label>/teacher`` row would repeat that entry's row (the same checkpoint on the same
+    users): the table compares the student with the entry and leaves the repeat out."""
+    return references(entry).get("teacher_checkpoint")
+
+
+def row_labels(plan):
+    """The labels a plan's table may show: its entries and their in-run teachers (not a teacher taken from another
+    entry)."""
     labels = []
     for entry in plan["entries"]:
         labels.append(entry["label"])
-        if any(r["label"] == f"{entry['label']}/teacher" for r in runs.values()):
+        if teacher_entry(entry) is None:
             labels.append(f"{entry['label']}/teacher")
     return labels
+
+
+def labels_in_order(plan, runs):
+    """The table's rows: every entry, each followed by its in-run teacher when runs hold one."""
+    present = {r["label"] for r in runs.values()}
+    entries = {e["label"] for e in plan["entries"]}
+    return [label for label in row_labels(plan) if label in entries or label in present]
+
+
+def _counterpart(entry):
+    """An entry's counterpart row: its own, unless that is the repeat of a teacher entry (see ``teacher_entry``)."""
+    cp = entry.get("counterpart")
+    if cp is not None and cp == f"{entry['label']}/teacher" and teacher_entry(entry) is not None:
+        return teacher_entry(entry)
+    return cp
 
 
 def _per_user(records):
@@ -81,7 +111,7 @@ def summarise(plan, runs, measured):
     for label in labels_in_order(plan, runs):
         recs = sorted(by_label.get(label, []), key=lambda r: r["seed"])
         if recs:
-            rows[label] = _base_row(label, recs, entries.get(label, {}).get("counterpart"))
+            rows[label] = _base_row(label, recs, _counterpart(entries.get(label, {})))
             rows[label].update(measured.get(label, {}))
     for label, row in rows.items():
         cp = rows.get(row.get("counterpart"))

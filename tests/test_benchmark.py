@@ -186,6 +186,34 @@ def test_a_teacher_loaded_from_a_given_checkpoint_is_not_reported_as_not_converg
     assert lines["student"].endswith("| 7, 7 |")
 
 
+def test_a_student_of_a_teacher_entry_is_compared_with_that_entry_without_a_repeated_row():
+    """A student whose teacher is another entry (``teacher_checkpoint: "@teacher"``, the beta sweeps) is compared
+    with that entry's row, and its loaded teacher (the same checkpoint on the same users) is not listed again as a
+    row ``<label>/teacher``; a student with an in-run teacher keeps its teacher row."""
+    from recbole_compress.benchmark_report import markdown_table, summarise
+
+    def record(label, seed, ranks, ndcg, **extra):
+        return {"label": label, "model": "M", "seed": seed, "test_result": {"ndcg@10": ndcg}, "test_ranks": ranks,
+                "params": 10, "state_dict_bytes": 40, "stopped_by": "early stopping", "epochs_run": 5, **extra}
+
+    runs = {}
+    for seed in (1, 2):
+        runs[f"teacher@{seed}"] = record("teacher", seed, [0, 0, 1], 0.8)
+        runs[f"beta=0@{seed}"] = record("beta=0", seed, [0, 1, 1], 0.6)
+        runs[f"beta=0/teacher@{seed}"] = record("beta=0/teacher", seed, [0, 0, 1], 0.8, teacher_of="beta=0")
+        runs[f"inrun@{seed}"] = record("inrun", seed, [0, 1, 1], 0.6)
+        runs[f"inrun/teacher@{seed}"] = record("inrun/teacher", seed, [0, 0, 0], 1.0, teacher_of="inrun")
+    plan = {"entries": [
+        {"label": "teacher", "model": "M", "counterpart": "teacher"},
+        {"label": "beta=0", "model": "M", "counterpart": "beta=0/teacher", "config": {"teacher_checkpoint": "@teacher"}},
+        {"label": "inrun", "model": "M", "counterpart": "inrun/teacher", "config": {}}]}
+    rows = {r["label"]: r for r in summarise(plan, runs, {})}
+    assert list(rows) == ["teacher", "beta=0", "inrun", "inrun/teacher"]
+    assert rows["beta=0"]["counterpart"] == "teacher" and rows["beta=0"]["ndcg@10_ratio_ci_low"] is not None
+    assert rows["inrun"]["counterpart"] == "inrun/teacher"
+    assert "beta=0/teacher" not in markdown_table(list(rows.values()))
+
+
 def test_a_plan_wide_teacher_counterpart_applies_only_to_models_with_a_teacher(tmp_path):
     """``counterpart: teacher`` for a whole plan: a student is compared with its own teacher row, while the plan's
     teacher entry (a model without a teacher) has no counterpart, not a row ``teacher/teacher`` that never exists."""
