@@ -112,6 +112,34 @@ def test_gradients_reach_the_slots_and_every_weight():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("aggregate", [True, False])
+def test_the_read_back_at_given_positions_equals_the_full_pass_there(aggregate):
+    """``index``: the tokens read the slots back at one position each; the values, the slots and every gradient
+    equal those of the full pass read at those positions (padded tokens included in the batch)."""
+    layer = make(n_heads=2, aggregate=aggregate)
+    x = torch.randn(4, 9, 8, dtype=torch.double, requires_grad=True)
+    p = torch.randn(4, 3, 8, dtype=torch.double, requires_grad=True)
+    mask = torch.arange(9)[None, :] < torch.tensor([9, 1, 4, 7])[:, None]
+    index = torch.tensor([8, 0, 3, 6])
+    weight = torch.randn(4, 8, dtype=torch.double)
+
+    def run(**kwargs):
+        x_out, p_out = layer(x, p, mask, **kwargs)
+        rows = x_out[:, 0] if kwargs else x_out[torch.arange(4), index]
+        ((rows * weight).sum() + p_out.pow(2).sum()).backward()
+        grads = [t.grad.clone() for t in (x, p)] + [w.grad.clone() for w in layer.parameters()]
+        for t in [x, p, *layer.parameters()]:
+            t.grad = None
+        return rows, p_out, grads
+
+    rows_full, p_full, g_full = run()
+    rows_at, p_at, g_at = run(index=index)
+    torch.testing.assert_close(rows_at, rows_full)
+    torch.testing.assert_close(p_at, p_full)
+    for a, b in zip(g_at, g_full):
+        torch.testing.assert_close(a, b)
+
+
 def largest(shapes):
     return max(n for _, _, n in shapes)
 

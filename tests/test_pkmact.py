@@ -81,6 +81,29 @@ def test_padded_positions_do_not_change_the_output(overrides):
                                rtol=0)
 
 
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_the_scored_output_is_the_full_encoding_at_the_last_position(overrides):
+    """``forward`` runs the last block at the last valid position only; its output and the gradient of a loss on
+    it equal those of the full encoding read at that position."""
+    model, _ = tiny_model(**overrides)
+    _, padded, lengths = random_batch(6, 20, lengths=[20, 1, 4, 5, 13, 19])
+    weight = torch.randn(6, TINY["hidden_size"], dtype=torch.double)
+
+    def run(fn):
+        out = fn()
+        (out * weight).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out, grads
+
+    out, grads = run(lambda: model(padded, lengths))
+    full, full_grads = run(lambda: model.gather_indexes(model.encode(padded, lengths), lengths - 1))
+    torch.testing.assert_close(out, full)
+    assert grads.keys() == full_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], full_grads[name], msg=name)
+
+
 def test_prediction_after_t_depends_only_on_the_prefix():
     """Spec 9.5.1: forward(seq[:t] zero-padded, t) == forward(seq with the later items in place, t) for every t."""
     model, _ = tiny_model()
@@ -119,10 +142,11 @@ def test_model_is_bidirectional_inside_the_prefix_and_trained_on_the_last_positi
     loss = model.calculate_loss(batch)
     original = model.encode
 
-    def poisoned(item_seq, item_seq_len, return_aux=False):
+    def poisoned(item_seq, item_seq_len, return_aux=False, index=None):
         out = original(item_seq, item_seq_len).clone()
         keep = torch.arange(out.size(1))[None, :] == (item_seq_len - 1)[:, None]
-        return torch.where(keep.unsqueeze(-1), out, torch.randn_like(out) * 1e3)
+        out = torch.where(keep.unsqueeze(-1), out, torch.randn_like(out) * 1e3)
+        return out if index is None else out[torch.arange(out.size(0)), index].unsqueeze(1)
 
     monkeypatch.setattr(model, "encode", poisoned)
     torch.testing.assert_close(model.calculate_loss(batch), loss, atol=1e-10, rtol=0)

@@ -80,6 +80,10 @@ class DispatcherAttention(nn.Module):
     ``forward(x, slots, mask)`` with ``x`` ``[B, L, d]``, ``slots`` ``[B, m, d]`` and ``mask`` ``[B, L]`` (True = a real
     token; padded tokens are never read) returns ``(x', slots')`` and, with ``return_probs``, a dict of the attention
     probabilities ``aggregate`` ``[B, h, m, L]`` and ``dispatch`` ``[B, h, L, m]``. Cost: ``O(B L m d + B L d^2)``.
+
+    ``index`` (``[B]`` positions, optional): the tokens read the slots back only there, ``x'`` is ``[B, 1, d]`` and
+    equals ``x'[b, index[b]]`` of the full pass. The slots still aggregate every token. A model that reads one
+    position of its last block (next-item scoring) saves the other ``L - 1`` rows of Eq. 7 and of what follows.
     """
 
     def __init__(
@@ -91,11 +95,13 @@ class DispatcherAttention(nn.Module):
         self.slot_norm = None if aggregate else nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dispatch = CrossMultiHeadAttention(*args)
 
-    def forward(self, x, slots, mask=None, return_probs=False):
+    def forward(self, x, slots, mask=None, return_probs=False, index=None):
         probs = {}
         if self.aggregation is not None:
             slots, probs["aggregate"] = self.aggregation(slots, x, mask, return_probs=True)
         else:
             slots = self.slot_norm(slots)
+        if index is not None:
+            x = x.gather(1, index.view(-1, 1, 1).expand(-1, 1, x.size(-1)))  # [B, 1, d]
         x, probs["dispatch"] = self.dispatch(x, slots, None, return_probs=True)
         return (x, slots, probs) if return_probs else (x, slots)

@@ -110,6 +110,8 @@ class PKMACTBlock(nn.Module):
 
     ``forward(x, mask, carry)`` returns ``(x', carry', aux)``: ``carry'`` is the slot stream passed to the next block
     (None when ``carry_out`` is False), ``aux`` the retrieval's indices and scores ``[B, heads, k]`` (PKM mode).
+    With ``index`` (``[B]`` positions) ``x'`` is ``[B, 1, d]``, the full output's rows at those positions: the
+    memory and the slots still read every token, the tokens' read-back and feed-forward run at one row.
     """
 
     def __init__(self, config, max_seq_length, carry_out):
@@ -169,12 +171,15 @@ class PKMACTBlock(nn.Module):
         if self.learned_slots is not None:
             nn.init.normal_(self.learned_slots, mean=0.0, std=self.learned_slots.size(1) ** -0.5)
 
-    def forward(self, x, mask, carry=None):
+    def forward(self, x, mask, carry=None, index=None):
         aux = {}
-        if self.self_attention is not None:
+        if self.self_attention is not None:  # the O(L^2) reference: every row, then the asked ones
             additive = torch.zeros(x.size(0), 1, 1, x.size(1), dtype=x.dtype, device=x.device)
             additive = additive.masked_fill(~mask[:, None, None, :], torch.finfo(x.dtype).min)
-            return self.ffn_x(self.self_attention(x, additive)), None, aux
+            x = self.ffn_x(self.self_attention(x, additive))
+            if index is not None:
+                x = x.gather(1, index.view(-1, 1, 1).expand(-1, 1, x.size(-1)))
+            return x, None, aux
         if self.pkm is not None:
             out = self.pkm(x, mask)
             slots = out.slots
@@ -183,7 +188,7 @@ class PKMACTBlock(nn.Module):
             slots = self.learned_slots.unsqueeze(0).expand(x.size(0), -1, -1)
         if carry is not None:
             slots = slots + carry
-        x, slots = self.dispatcher(x, slots, mask)
+        x, slots = self.dispatcher(x, slots, mask, index=index)
         x = self.ffn_x(x)
         carry = self.ffn_p(slots) if self.ffn_p is not None else None
         return x, carry, aux
@@ -244,25 +249,27 @@ class PKMACT(SequentialRecommender):
             self.reset_expert_stats()
         return super().train(mode)
 
-    def encode(self, item_seq, item_seq_len, return_aux=False):
+    def encode(self, item_seq, item_seq_len, return_aux=False, index=None):
         """Hidden states of every position ``[B, L, d]`` (and the per-block retrieval aux if ``return_aux``).
 
         Position ``t < item_seq_len - 1`` sees the whole valid prefix (the model is bidirectional inside it);
-        positions ``>= item_seq_len`` are padding, never read, and hold unspecified values.
+        positions ``>= item_seq_len`` are padding, never read, and hold unspecified values. With ``index`` (``[B]``)
+        the last block computes only those rows: ``[B, 1, d]``, equal to the full pass's rows there.
         """
         position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
         input_emb = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
         x = self.dropout(self.LayerNorm(input_emb))
         mask = position_ids.unsqueeze(0) < item_seq_len.unsqueeze(1)  # [B, L]; from the length, not from ids
         carry, aux = None, []
-        for block in self.blocks:
-            x, carry, block_aux = block(x, mask, carry)
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x, carry, block_aux = block(x, mask, carry, index=index if last else None)
             aux.append(block_aux)
         return (x, aux) if return_aux else x
 
     def forward(self, item_seq, item_seq_len):
-        output = self.encode(item_seq, item_seq_len)
-        return self.gather_indexes(output, item_seq_len - 1)  # [B H]
+        # the last position is the only one scored: the last block reads the slots back there only
+        return self.encode(item_seq, item_seq_len, index=item_seq_len - 1).squeeze(1)  # [B H]
 
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]
