@@ -207,3 +207,38 @@ def test_elementwise_product_equals_prod_with_its_gradients():
         out.backward(g)
         ref.backward(g)
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("sizes", [[2, 10], [3, 7], [2, 2, 5]])
+def test_frequency_order_gives_the_most_frequent_items_quotient_rows_of_their_own(sizes):
+    """``frequency_spread_order``: every id keeps a distinct tuple of rows, and the m_N most frequent items (ties by
+    id) never share a quotient row, even when the popular items are neighbouring ids (which the id order pairs)."""
+    from recbole_compress.model.layers.compositional_embedding import frequency_spread_order
+
+    num_items = 19
+    gen = torch.Generator().manual_seed(3)
+    counts = torch.cat([torch.zeros(1, dtype=torch.long), torch.randint(0, 5, (num_items,), generator=gen)])
+    counts[1:7] = torch.tensor([90, 80, 70, 60, 50, 40])  # the popular items are ids 1-6, neighbours
+    emb = QuotientRemainderEmbedding(num_items, 4, table_sizes=sizes,
+                                     index_of_id=frequency_spread_order(counts, sizes))
+    ids = torch.arange(1, num_items + 1)
+    rows = emb.indices(ids)
+    assert len({tuple(r) for r in rows.tolist()}) == num_items
+    top = ids[torch.argsort(-counts[1:], stable=True)][: sizes[-1]]
+    assert emb.indices(top)[:, -1].unique().numel() == sizes[-1]
+    by_id = QuotientRemainderEmbedding(num_items, 4, table_sizes=sizes).indices(top)[:, -1]
+    assert by_id.unique().numel() < sizes[-1]  # the id order makes popular neighbours share rows
+
+
+def test_a_given_order_is_saved_with_the_table_and_a_wrong_one_is_refused():
+    from recbole_compress.model.layers.compositional_embedding import frequency_spread_order
+
+    counts = torch.tensor([0, 1, 9, 3, 7, 5, 2])
+    order = frequency_spread_order(counts, [2, 3])
+    emb = QuotientRemainderEmbedding(6, 4, table_sizes=[2, 3], combine="mult", index_of_id=order)
+    copy = QuotientRemainderEmbedding(6, 4, table_sizes=[2, 3], combine="mult",
+                                      index_of_id=torch.tensor([0, 0, 1, 2, 3, 4, 5]))
+    copy.load_state_dict(emb.state_dict())
+    torch.testing.assert_close(copy.weight, emb.weight)
+    with pytest.raises(ValueError, match="distinct indices"):
+        QuotientRemainderEmbedding(6, 4, table_sizes=[2, 3], index_of_id=torch.tensor([0, 1, 1, 2, 3, 4, 5]))

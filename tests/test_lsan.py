@@ -509,3 +509,30 @@ def test_objective_function_one_epoch_with_saved_checkpoint(tiny_data_path, tmp_
     with torch.no_grad():
         scores = model.full_sort_predict(next(iter(test_data))[0])
     assert torch.isfinite(scores[:, 1:]).all()
+
+
+def test_frequency_order_gives_the_most_frequent_training_items_rows_of_their_own(tiny_build):
+    """``base_table_order: frequency``: counted on the training split, the most frequent items each have a quotient
+    row of their own (the id order shares some), the scores stay consistent, and a reloaded state gives the same
+    scores."""
+    from recbole_compress.model.layers.frequency_blocks import item_frequencies
+
+    config, train, test, model = tiny_build(use_context=False, compression_rate=3, base_table_order="frequency")
+    counts = item_frequencies(train._dataset, model.n_items)
+    quotient_rows = model.item_embedding.table_sizes[-1]
+    top = torch.argsort(-counts[1:], stable=True)[:quotient_rows] + 1
+    assert model.item_embedding.indices(top)[:, -1].unique().numel() == quotient_rows
+    _, _, _, by_id = tiny_build(use_context=False, compression_rate=3)
+    assert by_id.item_embedding.indices(top)[:, -1].unique().numel() < quotient_rows
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)
+        items = torch.randint(1, model.n_items, (len(batch),))
+        batch.update(type(batch)({model.ITEM_ID: items}))
+        torch.testing.assert_close(model.predict(batch), scores[torch.arange(len(batch)), items])
+    _, _, _, fresh = tiny_build(use_context=False, compression_rate=3, base_table_order="frequency")
+    fresh.load_state_dict(copy.deepcopy(model.state_dict()))
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.full_sort_predict(batch), scores)

@@ -31,6 +31,13 @@ ordinary table and the items of a pair start uncorrelated; ``ones`` draws the re
 ``N(1, init_std)`` and the last (quotient) table from ``N(0, init_std)``, so that the product starts as the quotient
 vector (pair members start almost equal); ``normal`` is ``N(0, init_std)`` for every table (right for ``sum``).
 ``init: auto`` is ``scaled`` for ``mult`` and ``normal`` otherwise.
+
+Which items share a row. By default item ``v`` takes ``k = v - 1``, so the items sharing a quotient row are whatever
+ids happen to be neighbours (in RecBole, the order in which items first appear in the data). ``index_of_id`` gives
+another assignment, e.g. :func:`frequency_spread_order`: item of frequency rank ``r`` takes the quotient row
+``r mod m_N``, so the ``m_N`` most frequent items each have a quotient row of their own and every row is shared by
+items of ranks ``m_N`` apart (a popular item with a rarer one). The capacity the tables have goes where the training
+targets are, as in frequency-blocked adaptive embeddings, and no two popular items compete for one row.
 """
 import math
 
@@ -89,6 +96,28 @@ def elementwise_product(vectors):
     return product
 
 
+def frequency_spread_order(counts, table_sizes):
+    """The 0-based index ``k`` of every id (``[V + 1]``, entry 0 for padding) that gives the item of frequency rank
+    ``r`` (0 = most frequent; ties by ascending id) the last (quotient) table's row ``r mod m_N`` and the rows
+    ``r div m_N`` (mixed radix) in the other tables.
+
+    Args:
+        counts (LongTensor): ``[V + 1]`` training frequency of every id (entry 0, padding, is ignored).
+        table_sizes (list of int): ``[m_1, ..., m_N]`` with ``m_1 * ... * m_N >= V``.
+    """
+    num_items = counts.numel() - 1
+    ids = torch.arange(1, num_items + 1)
+    rank_order = ids[torch.argsort(-counts[1:].long(), stable=True)]  # ids by descending count, ties by id
+    ranks = torch.empty(num_items + 1, dtype=torch.long)
+    ranks[0] = 0
+    ranks[rank_order] = torch.arange(num_items)
+    quotient_rows = table_sizes[-1]
+    lower = math.prod(table_sizes[:-1])
+    index = (ranks % quotient_rows) * lower + torch.div(ranks, quotient_rows, rounding_mode="floor")
+    index[0] = 0
+    return index
+
+
 class QuotientRemainderEmbedding(nn.Module):
     r"""Compositional id embedding from ``N`` quotient-remainder base tables.
 
@@ -104,6 +133,9 @@ class QuotientRemainderEmbedding(nn.Module):
         init (str): ``auto``, ``normal``, ``scaled`` or ``ones`` (see the module docstring); ``auto`` is ``scaled``
             for ``mult`` and ``normal`` otherwise.
         init_std (float): the scale of a merged vector at initialisation.
+        index_of_id (LongTensor, optional): ``[V + 1]``, the 0-based index ``k`` whose mixed-radix digits select
+            the rows of each id (distinct on ids 1..V, below ``m_1 * ... * m_N``; e.g. :func:`frequency_spread_order`);
+            default ``k = id - 1``. Saved with the model (a buffer).
 
     Shapes:
         ``indices(ids)``: ``[...] -> [..., N]``; ``base_vectors(ids)``: ``[...] -> [..., N, D]`` (zero for id 0);
@@ -114,7 +146,7 @@ class QuotientRemainderEmbedding(nn.Module):
     INIT = ("auto", "normal", "scaled", "ones")
 
     def __init__(self, num_items, embedding_dim, compression_rate=2, num_tables=2, table_sizes=None, combine="sum",
-                 init="auto", init_std=0.02):
+                 init="auto", init_std=0.02, index_of_id=None):
         super().__init__()
         self.num_items = int(num_items)
         self.embedding_dim = int(embedding_dim)
@@ -138,6 +170,16 @@ class QuotientRemainderEmbedding(nn.Module):
         self.init = ("scaled" if combine == "mult" else "normal") if init == "auto" else init
         self.init_std = float(init_std)
         self.tables = nn.ModuleList(nn.Embedding(size, self.embedding_dim) for size in table_sizes)
+        if index_of_id is not None:
+            index_of_id = torch.as_tensor(index_of_id, dtype=torch.long)
+            real, combos = index_of_id[1:], math.prod(table_sizes)
+            if index_of_id.numel() != self.num_items + 1 or real.unique().numel() != self.num_items \
+                    or real.min() < 0 or real.max() >= combos:
+                raise ValueError(f"index_of_id must give ids 1..{self.num_items} distinct indices in 0..{combos - 1} "
+                                 f"(one combination of rows each)")
+            self.register_buffer("index_of_id", index_of_id)
+        else:
+            self.index_of_id = None
         self.reset_parameters()
         self._weight_cache = None
 
@@ -155,7 +197,7 @@ class QuotientRemainderEmbedding(nn.Module):
 
     def extra_repr(self):
         return f"num_items={self.num_items}, embedding_dim={self.embedding_dim}, table_sizes={self.table_sizes}, " \
-               f"combine={self.combine!r}, init={self.init!r}"
+               f"combine={self.combine!r}, init={self.init!r}, order={'id' if self.index_of_id is None else 'given'}"
 
     def num_parameters(self):
         """``sum_n m_n * D``."""
@@ -163,7 +205,7 @@ class QuotientRemainderEmbedding(nn.Module):
 
     def indices(self, ids):
         """Row index in each base table of the ids (1..V; 0 maps like id 1 and is masked by the callers)."""
-        k = (ids - 1).clamp(min=0)
+        k = (ids - 1).clamp(min=0) if self.index_of_id is None else self.index_of_id[ids]
         return qr_indices(k, self.table_sizes)
 
     def base_vectors(self, ids):

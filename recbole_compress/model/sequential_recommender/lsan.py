@@ -31,6 +31,11 @@ Where we depart from (or had to reconstruct) the paper, and why:
   :class:`~recbole_compress.model.layers.temporal_context.ContextAwareComposition`). ``attention`` is the paper's
   Eq.(7), ``mult`` the product alone. A product of two ``N(0, 0.02)`` rows is tiny, so with a product the base tables
   are drawn from ``N(0, sqrt(0.02))`` (``base_table_init``).
+- Which items share rows (``base_table_order``, not in the paper, which uses the ids): ``id`` pairs neighbouring
+  ids (RecBole's ids follow first appearance, so pairs are arbitrary); ``frequency`` gives each of the most frequent
+  items a quotient row of its own and pairs it with a rarer one
+  (:func:`~recbole_compress.model.layers.compositional_embedding.frequency_spread_order`), from the training split's
+  counts.
 - The context table is ``factorized`` by default (``E_prev[c_prev] + E_cur[c_cur] + E_slot[slot]``,
   ``(2(C + 1) + S) D`` parameters): the paper's joint table (``context_mode: joint``) has one row per context tuple
   seen in training, up to ``(C + 1)^2 S``, which on ml-100k is several times the item tables and makes LSAN larger
@@ -62,9 +67,11 @@ from recbole_compress.data.time_slot_dataset import TimeSlotSequentialDataset, r
 from recbole_compress.model.layers.compositional_embedding import (
     QuotientRemainderEmbedding,
     elementwise_product,
+    frequency_spread_order,
     not_smaller_problem,
     qr_table_sizes,
 )
+from recbole_compress.model.layers.frequency_blocks import item_frequencies
 from recbole_compress.model.layers.temporal_context import (
     ContextAwareComposition,
     TemporalContextEmbedding,
@@ -161,6 +168,7 @@ class LSAN(SequentialRecommender):
         Key("compression_rate", int, low=1),
         Key("base_table_sizes", list, items=int, low=1, nonempty=True, none_ok=True),
         Key("base_table_init", str, choices=("auto", "normal", "scaled", "ones")),
+        Key("base_table_order", str, choices=("id", "frequency")),
         Key("composition", str, choices=("attention", "attention_mult", "sum", "mean", "mult")),
         Key("composition_score", str, choices=("additive", "dot")),
         Key("use_context", bool),
@@ -210,9 +218,13 @@ class LSAN(SequentialRecommender):
         if self.embedding_type == "compositional":
             self.num_base_tables = config["num_base_tables"]
             self.compression_rate = config["compression_rate"]
+            sizes = _table_sizes(config, dataset)
+            self.base_table_order = config["base_table_order"]
             self.item_embedding = QuotientRemainderEmbedding(
-                self.num_real_items, self.hidden_size, table_sizes=_table_sizes(config, dataset),
+                self.num_real_items, self.hidden_size, table_sizes=sizes,
                 combine=self.output_composition, init=self._base_init(), init_std=self.initializer_range,
+                index_of_id=frequency_spread_order(item_frequencies(dataset, self.n_items), sizes)
+                if self.base_table_order == "frequency" else None,
             )
         else:
             self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
