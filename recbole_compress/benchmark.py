@@ -238,8 +238,13 @@ def settings_hash(plan, entry):
 def defaults_digest(config):
     """What an entry's defaults were when it trained: the digest of its configuration's internal part (RecBole's and
     the plugin's property files for this model and dataset). ``settings_hash`` covers what the plan sets; this
-    covers what it leaves to the defaults, so that a training made before a default changed is not reused."""
-    internal = getattr(config, "internal_config_dict", None) or {}
+    covers what it leaves to the defaults, so that a training made before a default changed is not reused. A key
+    declared with a ``neutral`` value (``Key(..., neutral=...)``: added later, with a default that keeps the model's
+    old behaviour) is left out while its default is that value."""
+    internal = dict(getattr(config, "internal_config_dict", None) or {})
+    for key in getattr(get_model(config["model"]), "config_keys", ()):
+        if key.name in internal and key.is_neutral(internal[key.name]):
+            del internal[key.name]
     return hashlib.sha256(json.dumps(internal, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

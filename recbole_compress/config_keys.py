@@ -42,10 +42,15 @@ class Key:
         file (bool): the value is the path of a file that must exist.
         checkpoint_of (tuple of str): the value is a plugin checkpoint holding one of these models (checked by
             loading it, weights only, before any work).
+        neutral: for a key added to a model that already had results, the value with which the model behaves as it
+            did before the key existed. While the property file's default is that value, the key is left out of the
+            benchmark's defaults digest, so that trainings made before the key was added stay reusable.
     """
 
+    NO_NEUTRAL = object()
+
     def __init__(self, name, kind=None, *, low=None, high=None, low_open=False, high_open=False, choices=None,
-                 none_ok=False, items=None, nonempty=False, file=False, checkpoint_of=None):
+                 none_ok=False, items=None, nonempty=False, file=False, checkpoint_of=None, neutral=NO_NEUTRAL):
         self.name = name
         self.kind = kind
         self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
@@ -55,6 +60,11 @@ class Key:
         self.nonempty = nonempty
         self.file = file or checkpoint_of is not None
         self.checkpoint_of = tuple(checkpoint_of) if checkpoint_of is not None else None
+        self.neutral = neutral
+
+    def is_neutral(self, value):
+        """True when ``value`` is this key's ``neutral`` value (see the class docstring)."""
+        return self.neutral is not Key.NO_NEUTRAL and value == self.neutral
 
     def __repr__(self):
         return f"Key({self.name!r}, {self.allowed()})"

@@ -328,6 +328,24 @@ def test_a_training_made_under_other_defaults_is_not_reused(tiny_data_path, tmp_
     assert load_checkpoint(runs["SASRec@2020"]["checkpoint"])["config"]["n_layers"] == 1
 
 
+def test_a_key_added_at_its_neutral_default_keeps_the_defaults_digest():
+    """A key added later with a ``neutral`` default (LSAN's ``base_table_order: id``, the order the model always
+    used) leaves the defaults digest as it was before the key existed; another default changes it."""
+    from recbole_compress.benchmark import defaults_digest
+    from recbole_compress.run import make_config
+
+    config = make_config("LSAN", "ml-100k", None, {"state": "ERROR"}, read_cmd_line=False)
+    assert config.internal_config_dict["base_table_order"] == "id"
+    now = defaults_digest(config)
+    del config.internal_config_dict["base_table_order"]  # the defaults before the key was added
+    assert defaults_digest(config) == now
+    config.internal_config_dict["base_table_order"] = "frequency"
+    assert defaults_digest(config) != now
+    config.internal_config_dict["base_table_order"] = "id"
+    config.internal_config_dict["hidden_size"] = 32  # a key without a neutral value counts at any default
+    assert defaults_digest(config) != now
+
+
 def test_jobs_1_trains_at_one_thread_too(monkeypatch):
     """``--jobs 1`` trains in the benchmark's own process: at one thread, as a ``--jobs 2`` worker does (the
     protocol's "one thread per training"), and the process's thread count is back afterwards for the timing."""

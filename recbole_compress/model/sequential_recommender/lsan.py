@@ -168,7 +168,7 @@ class LSAN(SequentialRecommender):
         Key("compression_rate", int, low=1),
         Key("base_table_sizes", list, items=int, low=1, nonempty=True, none_ok=True),
         Key("base_table_init", str, choices=("auto", "normal", "scaled", "ones")),
-        Key("base_table_order", str, choices=("id", "frequency")),
+        Key("base_table_order", str, choices=("id", "frequency"), neutral="id"),
         Key("composition", str, choices=("attention", "attention_mult", "sum", "mean", "mult")),
         Key("composition_score", str, choices=("additive", "dot")),
         Key("use_context", bool),
