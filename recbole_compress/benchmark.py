@@ -551,6 +551,9 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=5, help="timing repeats (median is reported)")
     p.add_argument("--jobs", type=int, default=1, help="(entry, seed) trainings at a time, one thread each (default 1)")
     p.add_argument("--output_dir", help="results folder (default benchmark_results/<plan name>)")
+    p.add_argument("--report_only", action="store_true",
+                   help="write the table and plots again from the results folder, without training or timing (the "
+                        "timing of the last full run is kept), e.g. after the report itself changed")
     p.add_argument("--reuse_from", action="append", default=[],
                    help="another plan's results folder: its finished (entry, seed) trainings with the same label and "
                         "settings are used, not trained again (repeatable)")
@@ -717,6 +720,21 @@ def _train_wave(plan, todo, output_dir, jobs, finished):
                 finished(entry, seed, digest, error=f"{type(e).__name__}: {e}")
 
 
+#: What ``measure`` adds to a summary row (kept by ``--report_only``).
+MEASURED_KEYS = ("infer_ms_per_batch", "infer_ratio", "infer_peak_bytes", "train_peak_bytes", "measure_error",
+                 "train_peak_error")
+
+
+def earlier_measurements(path, command):
+    """``({label: timing and memory figures}, command)`` of the last full run written to ``path``."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--report_only: no results.json in {os.path.dirname(path) or '.'} to report from")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    measured = {row["label"]: {k: row[k] for k in MEASURED_KEYS if k in row} for row in saved.get("summary") or []}
+    return measured, saved.get("command") or command
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     quiet_known_noise()
@@ -737,20 +755,31 @@ def main(argv=None):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        failures = train_all(plan, results, output_dir, args.jobs)
-    except KeyboardInterrupt:
-        print(f"\n[benchmark] interrupted: finished trainings are in {results.path}; an interrupted one continues "
-              f"from its last epoch when you run the same command again", file=sys.stderr)
-        return 130
+    note = None
+    if args.report_only:
+        note = f"Table written again by `{command}` (no training, no timing)."
+        try:
+            measured, command = earlier_measurements(results.path, command)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        failures = []
+    else:
+        try:
+            failures = train_all(plan, results, output_dir, args.jobs)
+        except KeyboardInterrupt:
+            print(f"\n[benchmark] interrupted: finished trainings are in {results.path}; an interrupted one "
+                  f"continues from its last epoch when you run the same command again", file=sys.stderr)
+            return 130
     labels = set(row_labels(plan))
     # the plan's seeds only: a folder may hold (or reuse) other seeds of an entry, e.g. after a one-seed probe
     good = {k: v for k, v in results.runs.items()
             if not v.get("error") and v["label"] in labels and v["seed"] in plan["seeds"]}
-    print("[benchmark] measuring inference time and memory", flush=True)
-    measured = measure(plan, good, repeats=args.repeats)
+    if not args.report_only:
+        print("[benchmark] measuring inference time and memory", flush=True)
+        measured = measure(plan, good, repeats=args.repeats)
     rows = summarise(plan, good, measured)
-    text = write_outputs(plan, results.runs, rows, output_dir, command, results.test_users)
+    text = write_outputs(plan, results.runs, rows, output_dir, command, results.test_users, note=note)
     print(text)
     print(f"[benchmark] wrote {output_dir}/results.json, results.md, pareto.png, pareto_inference.png")
     if failures:

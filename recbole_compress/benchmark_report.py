@@ -194,8 +194,9 @@ def pareto_plot(rows, path, title, x_key="params", x_label="parameters (log scal
     plt.close(fig)
 
 
-def write_outputs(plan, runs, rows, output_dir, command, test_users=None):
-    """``results.json`` (plan, every run with its per-user test ranks, summary rows), ``results.md`` and the plots."""
+def write_outputs(plan, runs, rows, output_dir, command, test_users=None, note=None):
+    """``results.json`` (plan, every run with its per-user test ranks, summary rows), ``results.md`` and the plots
+    (``note``: a sentence after the command, e.g. that the table was written again)."""
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump({"version": RESULTS_VERSION, "plan": plan, "command": command, "test_users": test_users,
                    "runs": runs, "summary": rows}, f, indent=1, default=str)
@@ -205,7 +206,8 @@ def write_outputs(plan, runs, rows, output_dir, command, test_users=None):
     hours = sum(r.get("fit_seconds") or 0 for r in runs.values()  # the trainings this table summarises
                 if not r.get("teacher_of") and r["label"] in labels and r.get("seed") in plan["seeds"]) / 3600
     text = (
-        f"# Benchmark: {plan['name']} (dataset {plan['dataset']})\n\nCommand: `{command}`\n\n{budget}; training "
+        f"# Benchmark: {plan['name']} (dataset {plan['dataset']})\n\nCommand: `{command}`"
+        + (f" {note}" if note else "") + f"\n\n{budget}; training "
         f"took {hours:.1f} CPU-thread hours in all. Test metrics at the best validation epoch (full ranking, "
         f"leave-one-out), mean ± std over seeds. × NDCG@10: ratio of mean test NDCG@10 to the counterpart's (vs), "
         f"with a 95 % two-level bootstrap interval over seeds and the same test users "

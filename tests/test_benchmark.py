@@ -53,6 +53,21 @@ def test_benchmark_two_tiny_models(tiny_data_path, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "SASRec@2020: done in an earlier run, reused" in printed and "GRU4Rec@2021: done in an earlier" in printed
 
+    # --report_only writes the table again from the folder: no training, no timing (the last run's is kept)
+    with open(out / "results.json") as f:
+        before = {r["label"]: r for r in json.load(f)["summary"]}
+    assert main(args + ["--report_only"]) == 0
+    printed = capsys.readouterr().out
+    assert ": training" not in printed and "measuring" not in printed
+    with open(out / "results.json") as f:
+        again = json.load(f)
+    for row in again["summary"]:
+        assert row["infer_ms_per_batch"] == before[row["label"]]["infer_ms_per_batch"]
+        assert row.get("ndcg@10_ratio") == before[row["label"]].get("ndcg@10_ratio")
+    assert again["command"] == results["command"]
+    assert "Table written again by" in (out / "results.md").read_text()
+    assert main(_args(tiny_data_path, tmp_path / "empty") + ["--report_only"]) == 2
+
     # one seed over the same folder: its table is that seed's, not every seed the folder holds
     assert main([a if a != "2020,2021" else "2020" for a in args]) == 0
     with open(out / "results.json") as f:
