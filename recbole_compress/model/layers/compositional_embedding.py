@@ -36,8 +36,9 @@ Which items share a row. By default item ``v`` takes ``k = v - 1``, so the items
 ids happen to be neighbours (in RecBole, the order in which items first appear in the data). ``index_of_id`` gives
 another assignment, e.g. :func:`frequency_spread_order`: item of frequency rank ``r`` takes the quotient row
 ``r mod m_N``, so the ``m_N`` most frequent items each have a quotient row of their own and every row is shared by
-items of ranks ``m_N`` apart (a popular item with a rarer one). The capacity the tables have goes where the training
-targets are, as in frequency-blocked adaptive embeddings, and no two popular items compete for one row.
+items of ranks ``m_N`` apart (a popular item with a rarer one): the idea of frequency-blocked adaptive embeddings,
+that capacity should go where the training targets are. In LSAN on beauty it ranked worse than the id order
+(docs/LSAN.md): a rare item then scores as a scaled copy of a popular one.
 """
 import math
 
