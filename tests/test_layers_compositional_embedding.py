@@ -242,3 +242,29 @@ def test_a_given_order_is_saved_with_the_table_and_a_wrong_one_is_refused():
     torch.testing.assert_close(copy.weight, emb.weight)
     with pytest.raises(ValueError, match="distinct indices"):
         QuotientRemainderEmbedding(6, 4, table_sizes=[2, 3], index_of_id=torch.tensor([0, 1, 1, 2, 3, 4, 5]))
+
+
+@pytest.mark.parametrize("sizes", [[2, 10], [3, 7], [2, 2, 5]])
+def test_cooccurrence_order_puts_items_that_follow_one_another_in_one_quotient_row(sizes):
+    """``cooccurrence_group_order``: a distinct tuple of rows per id, and items that follow one another often share
+    their quotient row (the id order shares none of these here), while items never seen together need not."""
+    from recbole_compress.model.layers.compositional_embedding import cooccurrence_group_order
+
+    num_items, size = 19, math.prod(sizes[:-1])
+    groups = [[1, 9, 17, 5][:size], [2, 12, 7, 15][:size], [3, 18, 11, 6][:size]]  # far apart in id order
+    prev, nxt = [], []
+    for g in groups:
+        for a, b in zip(g, g[1:]):
+            prev += [a] * 5
+            nxt += [b] * 5
+    prev += [4, 0, 13]  # a rare pair and a padding id
+    nxt += [10, 8, 13]
+    index = cooccurrence_group_order(torch.tensor(prev), torch.tensor(nxt), num_items, sizes)
+    emb = QuotientRemainderEmbedding(num_items, 4, table_sizes=sizes, index_of_id=index)
+    rows = emb.indices(torch.arange(1, num_items + 1))
+    assert len({tuple(r) for r in rows.tolist()}) == num_items
+    by_id = QuotientRemainderEmbedding(num_items, 4, table_sizes=sizes)
+    for g in groups:
+        assert emb.indices(torch.tensor(g))[:, -1].unique().numel() == 1
+        assert by_id.indices(torch.tensor(g))[:, -1].unique().numel() > 1
+    assert emb.indices(torch.tensor([4, 10]))[:, -1].unique().numel() == (1 if size > 1 else 2)

@@ -536,3 +536,21 @@ def test_frequency_order_gives_the_most_frequent_training_items_rows_of_their_ow
     fresh.eval()
     with torch.no_grad():
         torch.testing.assert_close(fresh.full_sort_predict(batch), scores)
+
+
+def test_cooccurrence_order_groups_the_most_frequent_training_transition(tiny_build):
+    """``base_table_order: cooccurrence``: built from the training split, the two items of the most frequent
+    transition (an item and the target after it) share a quotient row, and the model scores consistently."""
+    config, train, test, model = tiny_build(use_context=False, base_table_order="cooccurrence")
+    feat = train._dataset.inter_feat
+    lengths = feat["item_length"].long()
+    previous = feat["item_id_list"][torch.arange(len(lengths)), lengths - 1]
+    pairs = torch.stack([torch.minimum(previous, feat["item_id"]), torch.maximum(previous, feat["item_id"])], 1)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    unique, counts = torch.unique(pairs, dim=0, return_counts=True)
+    top = unique[counts.argmax()]
+    assert model.item_embedding.indices(top)[:, -1].unique().numel() == 1
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        assert torch.isfinite(model.full_sort_predict(batch)[:, 1:]).all()

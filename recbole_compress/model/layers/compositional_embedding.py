@@ -38,7 +38,9 @@ another assignment, e.g. :func:`frequency_spread_order`: item of frequency rank 
 ``r mod m_N``, so the ``m_N`` most frequent items each have a quotient row of their own and every row is shared by
 items of ranks ``m_N`` apart (a popular item with a rarer one): the idea of frequency-blocked adaptive embeddings,
 that capacity should go where the training targets are. In LSAN on beauty it ranked worse than the id order
-(docs/LSAN.md): a rare item then scores as a scaled copy of a popular one.
+(docs/LSAN.md): a rare item then scores as a scaled copy of a popular one. :func:`cooccurrence_group_order` shares
+rows between items that follow one another in the training sequences instead, so that a shared row serves alike
+items.
 """
 import math
 
@@ -116,6 +118,52 @@ def frequency_spread_order(counts, table_sizes):
     lower = math.prod(table_sizes[:-1])
     index = (ranks % quotient_rows) * lower + torch.div(ranks, quotient_rows, rounding_mode="floor")
     index[0] = 0
+    return index
+
+
+def cooccurrence_group_order(prev_items, next_items, num_items, table_sizes):
+    """The 0-based index ``k`` of every id (``[V + 1]``) that puts items which follow one another in the training
+    sequences into the same quotient row, so that the items sharing a row are alike and the other tables' rows
+    (the remainder digits) tell them apart.
+
+    Groups of ``m_1 * ... * m_{N-1}`` items (one quotient row each) are built greedily from the most frequent
+    consecutive pairs ``(prev_items[t], next_items[t])``: a pair of ungrouped items opens a group, an ungrouped item
+    joins its partner's group while it has room, and a pair joins two groups that fit in one. Items never grouped,
+    and groups left short, are packed in order into the remaining rows, so that every row but the last is full.
+
+    Args:
+        prev_items, next_items (LongTensor): item ids of consecutive interactions (0 = padding, ignored).
+        num_items (int): V.
+        table_sizes (list of int): ``[m_1, ..., m_N]`` with ``m_1 * ... * m_N >= V``.
+    """
+    size = math.prod(table_sizes[:-1])
+    a, b = torch.minimum(prev_items, next_items).long(), torch.maximum(prev_items, next_items).long()
+    keep = (a > 0) & (a != b)
+    pairs, counts = torch.unique(a[keep] * (num_items + 1) + b[keep], return_counts=True)
+    group_of, groups = {}, []
+    for pair in pairs[torch.argsort(-counts, stable=True)].tolist() if size > 1 else []:
+        i, j = divmod(pair, num_items + 1)
+        gi, gj = group_of.get(i), group_of.get(j)
+        if gi is None and gj is None:
+            group_of[i] = group_of[j] = len(groups)
+            groups.append([i, j])
+        elif (gi is None) != (gj is None):
+            item, g = (i, gj) if gi is None else (j, gi)
+            if len(groups[g]) < size:
+                group_of[item] = g
+                groups[g].append(item)
+        elif gi != gj and len(groups[gi]) + len(groups[gj]) <= size:  # two short groups joined by this pair
+            for item in groups[gj]:
+                group_of[item] = gi
+            groups[gi] += groups[gj]
+            groups[gj] = []
+    full = [g for g in groups if len(g) == size]
+    rest = [i for g in groups if 0 < len(g) < size for i in g] + [i for i in range(1, num_items + 1)
+                                                                   if i not in group_of]
+    index = torch.zeros(num_items + 1, dtype=torch.long)
+    for row, members in enumerate(full + [rest[k:k + size] for k in range(0, len(rest), size)]):
+        for digit, item in enumerate(members):
+            index[item] = row * size + digit
     return index
 
 

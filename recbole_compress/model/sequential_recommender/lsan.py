@@ -34,8 +34,10 @@ Where we depart from (or had to reconstruct) the paper, and why:
 - Which items share rows (``base_table_order``, not in the paper, which uses the ids): ``id`` pairs neighbouring
   ids (RecBole's ids follow first appearance, so pairs are arbitrary); ``frequency`` gives each of the most frequent
   items a quotient row of its own and pairs it with a rarer one
-  (:func:`~recbole_compress.model.layers.compositional_embedding.frequency_spread_order`), from the training split's
-  counts.
+  (:func:`~recbole_compress.model.layers.compositional_embedding.frequency_spread_order`); ``cooccurrence`` puts
+  items that follow one another in the training sequences into the same quotient row
+  (:func:`~recbole_compress.model.layers.compositional_embedding.cooccurrence_group_order`); both from the training
+  split only.
 - The context table is ``factorized`` by default (``E_prev[c_prev] + E_cur[c_cur] + E_slot[slot]``,
   ``(2(C + 1) + S) D`` parameters): the paper's joint table (``context_mode: joint``) has one row per context tuple
   seen in training, up to ``(C + 1)^2 S``, which on ml-100k is several times the item tables and makes LSAN larger
@@ -66,6 +68,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole_compress.data.time_slot_dataset import TimeSlotSequentialDataset, register_dataset, slot_field_name
 from recbole_compress.model.layers.compositional_embedding import (
     QuotientRemainderEmbedding,
+    cooccurrence_group_order,
     elementwise_product,
     frequency_spread_order,
     not_smaller_problem,
@@ -168,7 +171,7 @@ class LSAN(SequentialRecommender):
         Key("compression_rate", int, low=1),
         Key("base_table_sizes", list, items=int, low=1, nonempty=True, none_ok=True),
         Key("base_table_init", str, choices=("auto", "normal", "scaled", "ones")),
-        Key("base_table_order", str, choices=("id", "frequency"), neutral="id"),
+        Key("base_table_order", str, choices=("id", "frequency", "cooccurrence"), neutral="id"),
         Key("composition", str, choices=("attention", "attention_mult", "sum", "mean", "mult")),
         Key("composition_score", str, choices=("additive", "dot")),
         Key("use_context", bool),
@@ -223,8 +226,7 @@ class LSAN(SequentialRecommender):
             self.item_embedding = QuotientRemainderEmbedding(
                 self.num_real_items, self.hidden_size, table_sizes=sizes,
                 combine=self.output_composition, init=self._base_init(), init_std=self.initializer_range,
-                index_of_id=frequency_spread_order(item_frequencies(dataset, self.n_items), sizes)
-                if self.base_table_order == "frequency" else None,
+                index_of_id=self._base_table_order(dataset, sizes),
             )
         else:
             self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -293,6 +295,17 @@ class LSAN(SequentialRecommender):
     # ------------------------------------------------------------------------------------------------------------
     # context
     # ------------------------------------------------------------------------------------------------------------
+
+    def _base_table_order(self, dataset, sizes):
+        """Which items share base-table rows (``base_table_order``), from the training split; None: the id order."""
+        if self.base_table_order == "frequency":
+            return frequency_spread_order(item_frequencies(dataset, self.n_items), sizes)
+        if self.base_table_order == "cooccurrence":  # each training target with the item just before it
+            feat = dataset.inter_feat
+            lengths = feat[dataset.item_list_length_field].long()
+            previous = feat[dataset.item_id_list_field][torch.arange(len(lengths)), (lengths - 1).clamp(min=0)]
+            return cooccurrence_group_order(previous, feat[dataset.iid_field], self.num_real_items, sizes)
+        return None
 
     def _base_init(self):
         """The base tables' initialisation: ``base_table_init``, where ``auto`` is ``scaled`` when a product of base
