@@ -40,7 +40,7 @@ items of ranks ``m_N`` apart (a popular item with a rarer one): the idea of freq
 that capacity should go where the training targets are. In LSAN on beauty it ranked worse than the id order
 (docs/LSAN.md): a rare item then scores as a scaled copy of a popular one. :func:`cooccurrence_group_order` shares
 rows between items that follow one another in the training sequences instead, so that a shared row serves alike
-items.
+items (in LSAN on beauty: within noise of the id order, docs/LSAN.md).
 """
 import math
 
