@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from recbole_compress.model.layers.twin_attention import rows_at
+
 
 class CrossMultiHeadAttention(nn.Module):
     r"""Multi-head attention of a query stream over a context stream, with residual and LayerNorm on the query.
@@ -102,6 +104,6 @@ class DispatcherAttention(nn.Module):
         else:
             slots = self.slot_norm(slots)
         if index is not None:
-            x = x.gather(1, index.view(-1, 1, 1).expand(-1, 1, x.size(-1)))  # [B, 1, d]
+            x = rows_at(x, index).unsqueeze(1)  # [B, 1, d]
         x, probs["dispatch"] = self.dispatch(x, slots, None, return_probs=True)
         return (x, slots, probs) if return_probs else (x, slots)

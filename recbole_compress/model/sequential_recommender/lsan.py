@@ -32,7 +32,7 @@ Where we depart from (or had to reconstruct) the paper, and why:
   Eq.(7), ``mult`` the product alone. A product of two ``N(0, 0.02)`` rows is tiny, so with a product the base tables
   are drawn from ``N(0, sqrt(0.02))`` (``base_table_init``).
 - Which items share rows (``base_table_order``, not in the paper, which uses the ids): ``id`` pairs neighbouring
-  ids (RecBole's ids follow first appearance, so pairs are arbitrary); ``frequency`` gives each of the most frequent
+  ids (RecBole numbers items in order of first appearance, so neighbours are often items one user met in turn); ``frequency`` gives each of the most frequent
   items a quotient row of its own and pairs it with a rarer one
   (:func:`~recbole_compress.model.layers.compositional_embedding.frequency_spread_order`); ``cooccurrence`` puts
   items that follow one another in the training sequences into the same quotient row

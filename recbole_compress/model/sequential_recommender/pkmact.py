@@ -49,6 +49,7 @@ from recbole_compress.model.layers.product_key_memory import (
     MaskedMeanQuery,
     ProductKeyMemory,
 )
+from recbole_compress.model.layers.twin_attention import rows_at
 from recbole_compress.config_keys import Key, Relation
 
 PKM_MODES = ("pkm", "learned")
@@ -178,7 +179,7 @@ class PKMACTBlock(nn.Module):
             additive = additive.masked_fill(~mask[:, None, None, :], torch.finfo(x.dtype).min)
             x = self.ffn_x(self.self_attention(x, additive))
             if index is not None:
-                x = x.gather(1, index.view(-1, 1, 1).expand(-1, 1, x.size(-1)))
+                x = rows_at(x, index).unsqueeze(1)
             return x, None, aux
         if self.pkm is not None:
             out = self.pkm(x, mask)
