@@ -27,7 +27,8 @@ and full-ranking evaluator), and is reported with:
 Results go to ``<output_dir>/results.json``, ``results.md``, ``pareto.png`` (NDCG@10 against parameters) and
 ``pareto_inference.png`` (against inference time). A plan survives a stop: finished (entry, seed) trainings whose
 settings are unchanged are not redone, and an (entry, seed) interrupted in the middle of its training continues from
-its last complete epoch (the run layer's exact resume), so the plan ends with the same numbers as an uninterrupted
+its last complete epoch (the run layer's exact resume; for a teacher-student entry interrupted in its teacher or
+search phase, from that phase's last complete epoch), so the plan ends with the same numbers as an uninterrupted
 one. Every training runs at one thread: ``--jobs 2`` trains two (entry, seed) pairs at a time, each in its own process;
 ``--jobs 1`` trains them one after another in the benchmark's process. The timing after training stays in one
 process, at torch's thread count.
@@ -314,22 +315,26 @@ def _marker(folder):
 
 
 def _resume_point(folder, digest, entry):
-    """The last complete epoch of an interrupted training of this (entry, seed) with these settings, if any."""
+    """The keys that continue an interrupted training of this (entry, seed) with these settings (``resume``, or a
+    phase's ``<prefix>resume``: :func:`recbole_compress.run.resume_keys`), empty if there is none."""
+    from recbole_compress.run import resume_keys
+
     try:
         with open(_marker(folder), encoding="utf-8") as f:
             marker = json.load(f)
     except (OSError, ValueError):
-        return None
-    last = marker.get("last_file")
-    ok = marker.get("settings_hash") == digest and same_defaults(marker, entry)
-    return last if ok and last and os.path.isfile(last) else None
+        return {}
+    if marker.get("settings_hash") != digest or not same_defaults(marker, entry):
+        return {}
+    files = marker.get("files") or {"resume": marker.get("last_file")}  # markers before phases were resumable
+    return resume_keys(files)
 
 
-def _mark_in_progress(folder, digest, entry, trainer):
+def _mark_in_progress(folder, digest, entry, files):
+    """Where this (entry, seed)'s training saves its last epochs (and its phases'), written before each trains."""
     os.makedirs(folder, exist_ok=True)
     with open(_marker(folder), "w", encoding="utf-8") as f:
-        json.dump({"settings_hash": digest, "defaults_digest": entry.get("defaults_digest"),
-                   "last_file": trainer.last_model_file}, f)
+        json.dump({"settings_hash": digest, "defaults_digest": entry.get("defaults_digest"), "files": files}, f)
 
 
 def train_entry(plan, entry, seed, output_dir, digest=None):
@@ -337,19 +342,22 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
     test split; returns its records (and the teacher's, for a teacher-student entry)."""
     from recbole_compress.logs import start_logging
     from recbole_compress.profiling import count_parameters, state_dict_bytes
-    from recbole_compress.run import build, fit_and_test, make_config
+    from recbole_compress.run import build, fit_and_test, make_config, run_files
 
     digest = digest or settings_hash(plan, entry)
     cfg = entry_config(plan, entry, seed, output_dir)
     resume = _resume_point(cfg["checkpoint_dir"], digest, entry)
-    if resume:
-        cfg["resume"] = resume
+    cfg.update(resume)
     config = make_config(entry["model"], plan["dataset"], plan["config_files"] or None, cfg, read_cmd_line=False)
     start_logging(config)
     getLogger().info(f"benchmark: training {entry['label']} ({entry['model']}), seed {seed}"
                      + (f", continuing from {resume}" if resume else ""))
     run = build(config)
-    _mark_in_progress(cfg["checkpoint_dir"], digest, entry, run.trainer)
+
+    _mark_in_progress(cfg["checkpoint_dir"], digest, entry, run_files(run.trainer))
+    if getattr(run.trainer, "phases", None) is not None:  # a phase's last-epoch file is recorded before it trains
+        run.trainer.phases.on_phase_built = lambda files: _mark_in_progress(
+            cfg["checkpoint_dir"], digest, entry, run_files(run.trainer))
     start = time.perf_counter()
     result = fit_and_test(run, saved=True, show_progress=False)
     trainer, model = run.trainer, run.model
@@ -362,7 +370,7 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
         "stopped_by": "early stopping" if trainer.cur_step > trainer.stopping_step else "epoch cap",
         "train_seconds_per_epoch": statistics.mean(trainer.epoch_seconds) if trainer.epoch_seconds else None,
         "fit_seconds": time.perf_counter() - start,
-        "resumed_from": resume,
+        "resumed_from": resume or None,
         "checkpoint": trainer.saved_model_file,
         "params": count_parameters(model, inference=True),
         "state_dict_bytes": state_dict_bytes(model),

@@ -129,25 +129,31 @@ def print_table(rows, dataset):
     print(format_table(rows, columns))
 
 
-def resume_command(argv, last_file, model=None):
-    """The command that continues an interrupted run from ``last_file`` (its other arguments unchanged)."""
-    kept = [a for a in argv if not a.startswith("--resume=")]
+def resume_command(argv, resume, model=None):
+    """The command that continues an interrupted run with the keys of ``resume`` (``{"resume": file}`` or the phases'
+    ``{"<prefix>resume": file}``), its other arguments unchanged."""
+    kept = [a for a in argv if not (a.startswith("--") and a[2:].split("=")[0].endswith("resume"))]
     if model is not None:
         kept = [a for a in kept if not a.startswith(("--model=", "-m="))] + [f"--model={model}"]
-    return " ".join(shlex.quote(a) for a in ["python", "run_recbole_compress.py", *kept, f"--resume={last_file}"])
+    given = [f"--{key}={path}" for key, path in resume.items()]
+    return " ".join(shlex.quote(a) for a in ["python", "run_recbole_compress.py", *kept, *given])
 
 
 def _interrupted(error, argv, rows, dataset):
-    """Report an interrupted run: where its last complete epoch is saved and the command that resumes it."""
+    """Report an interrupted run: where its last complete epoch (or its phases') is saved and the command that
+    resumes it."""
     if rows:
         print_table(rows, dataset)
     print(f"\n{error.model} was interrupted.", file=sys.stderr)
     if error.last_file:
         print(f"Its last complete epoch is saved in {error.last_file} (best epoch so far: {error.best_file}).\n"
-              f"Continue it with:\n    {resume_command(argv, error.last_file, error.model)}", file=sys.stderr)
+              f"Continue it with:\n    {resume_command(argv, error.resume, error.model)}", file=sys.stderr)
+    elif error.resume:
+        phases = ", ".join(f"{key[:-len('resume')].rstrip('_')} in {path}" for key, path in error.resume.items())
+        print(f"It was interrupted in a phase before its own training; the phases' last epochs are saved ({phases}).\n"
+              f"Continue it with:\n    {resume_command(argv, error.resume, error.model)}", file=sys.stderr)
     else:
-        print("No epoch had completed: nothing to resume (a teacher or search phase in progress is not resumable; "
-              "its finished checkpoints are kept).", file=sys.stderr)
+        print("No epoch had completed: nothing to resume.", file=sys.stderr)
     return 130
 
 

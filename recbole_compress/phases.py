@@ -5,6 +5,8 @@ student's config, ``teacher_epochs: 20`` is the teacher phase's ``epochs``, ``te
 ``hidden_size``, ``teacher_model: SASRec`` its model, and so on (prefix ``teacher_``; AdaRec's search phase uses
 ``search_``). Everything else a phase sees is the run's generic configuration (dataset, split, evaluation
 protocol, device, seed), never the student's hyperparameters, plus the phase model's own YAML defaults.
+``<prefix>resume`` continues an interrupted phase from its last-epoch file (the run's own ``resume`` never reaches a
+phase).
 
 A model declares its phases with :class:`recbole_compress.config_keys.Phase` (class attribute ``phases``).
 """

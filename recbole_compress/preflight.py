@@ -166,6 +166,10 @@ def phase_problems(config):
         if phase.models is not None and cls.__name__ not in phase.models:
             problems.append(f"{phase.prefix}model={model!r}: must be one of {', '.join(phase.models)}")
             continue
+        resume = config[phase.prefix + "resume"]  # continues the phase: a checkpoint of the phase's own model
+        problem = resume and _checkpoint_problem(resume, (cls.__name__,), phase.prefix + "resume")
+        if problem:
+            problems.append(problem)
         path = config[phase.prefix + "checkpoint"]
         if path:
             problem = _checkpoint_problem(path, phase.models, phase.prefix + "checkpoint")

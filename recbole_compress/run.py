@@ -158,12 +158,31 @@ def phase_train_data(config, train):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Training was interrupted (Ctrl-C, SIGTERM); ``last_file`` is the last complete epoch's checkpoint (None if no
-    epoch completed), from which ``resume`` continues."""
+    """Training was interrupted (Ctrl-C, SIGTERM). ``resume`` maps the keys that continue it to their checkpoint
+    files (see :func:`resume_keys`; empty when nothing had started); ``last_file`` is the run's own last complete
+    epoch (None while a phase was training)."""
 
-    def __init__(self, model, last_file, best_file):
+    def __init__(self, model, resume, best_file):
         super().__init__(f"{model} interrupted")
-        self.model, self.last_file, self.best_file = model, last_file, best_file
+        self.model, self.resume, self.best_file = model, dict(resume), best_file
+        self.last_file = self.resume.get("resume")
+
+
+def resume_keys(files):
+    """The keys that continue an interrupted run, from ``files`` (``{"resume": the run's last-epoch file,
+    "<prefix>resume": each phase's last-epoch file}``, missing files ignored): the run's own file once it has one
+    (its checkpoint names the phases' finished checkpoints), else the file of every phase that had started (a
+    finished phase resumed trains nothing more and hands on its random state, so the run continues exactly)."""
+    existing = {key: path for key, path in files.items() if path and os.path.isfile(path)}
+    if "resume" in existing:
+        return {"resume": existing["resume"]}
+    return existing
+
+
+def run_files(trainer):
+    """``{"resume": trainer's last-epoch file, "<prefix>resume": ...}`` for the trainer and the phases it built."""
+    phases = getattr(trainer, "phases", None)
+    return {"resume": trainer.last_model_file, **(phases.resume_files if phases is not None else {})}
 
 
 def fit_and_test(run, saved=True, show_progress=False, verbose=True, callback_fn=None, evaluate_test=True):
@@ -181,9 +200,8 @@ def fit_and_test(run, saved=True, show_progress=False, verbose=True, callback_fn
             callback_fn=callback_fn,
         )
     except KeyboardInterrupt:
-        last = getattr(trainer, "last_model_file", None)
         best = getattr(trainer, "saved_model_file", None)
-        raise RunInterrupted(config["model"], last if last and os.path.isfile(last) else None,
+        raise RunInterrupted(config["model"], resume_keys(run_files(trainer)),
                              best if best and os.path.isfile(best) else None) from None
     test_result = None
     if evaluate_test:
@@ -241,10 +259,17 @@ class PhaseRunner:
     def __init__(self, config, data):
         self.config, self.data = config, data
         self.logger = getLogger()
+        self.resume_files = {}  # "<prefix>resume": the last-epoch file of each phase built so far
+        self.on_phase_built = None  # callable(resume_files), called before the phase trains (the benchmark's marker)
 
     def build(self, prefix, model=None, extra=None):
-        """A :class:`Run` of one phase (``model`` default: the phase's model in the run's config)."""
-        return build(phase_config(self.config, prefix, model, extra), self.data)
+        """A :class:`Run` of one phase (``model`` default: the phase's model in the run's config). The run's
+        ``<prefix>resume`` continues the phase from its last-epoch file, like ``resume`` for the run itself."""
+        run = build(phase_config(self.config, prefix, model, extra), self.data)
+        self.resume_files[f"{prefix}resume"] = run.trainer.last_model_file
+        if self.on_phase_built is not None:
+            self.on_phase_built(dict(self.resume_files))
+        return run
 
     def teacher(self, prefix, verbose=True, show_progress=False):
         """The phase's trained model in eval mode: loaded from ``<prefix>checkpoint`` if set, else trained now (and

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from recbole_compress.benchmark import main
+from recbole_compress.checkpoint import load_checkpoint
 from recbole_compress.intervals import ndcg_from_ranks
 from recbole_compress.profiling import count_parameters, peak_memory, state_dict_bytes
 
@@ -132,6 +133,52 @@ def test_a_plan_stopped_in_the_middle_of_an_entry_ends_with_the_uninterrupted_nu
     cut = json.load(open(tmp_path / "cut" / "results.json"))["runs"]["SASRec@2020"]
     assert cut["resumed_from"] and cut["test_result"] == ref["test_result"] and cut["test_ranks"] == ref["test_ranks"]
     assert cut["epochs_run"] == ref["epochs_run"] == 3
+
+
+def test_a_plan_stopped_in_a_teacher_phase_continues_the_phase_and_ends_with_the_uninterrupted_numbers(
+        tiny_data_path, tmp_path):
+    """Killed (SIGKILL) while an EODRec entry's teacher trains its second epoch, the plan run again continues the
+    teacher from its last complete epoch (recorded before the phase trained), not from scratch."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def command(out):
+        args = [a for a in _args(tiny_data_path, out, "--seeds", "2020", "--epochs", "1", "--teacher_epochs=3",
+                                 "--teacher_train_batch_size=4", "--teacher_stopping_step=10", "--n_heads=2",
+                                 "--inner_size=8", "--num_codebooks=2", "--codebook_size=8", "--code_fit_steps=20")
+                if not a.startswith(("--embedding_size", "--inner_size=16"))]
+        args[args.index("SASRec,GRU4Rec")] = "EODRec"
+        return [sys.executable, "-m", "recbole_compress.benchmark"] + args
+
+    env = dict(os.environ, PYTHONPATH=root)
+    reference = subprocess.run(command(tmp_path / "ref"), cwd=root, env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    proc = subprocess.Popen(command(tmp_path / "cut"), cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    folder = tmp_path / "cut" / "checkpoints" / "EODRec@2020"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if folder.exists() and any(f.startswith("EODRecTeacher") and f.endswith("-last.pth")
+                                   for f in os.listdir(folder)):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    again = subprocess.run(command(tmp_path / "cut"), cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    runs = {name: json.load(open(tmp_path / name / "results.json"))["runs"] for name in ("ref", "cut")}
+    ref, cut = runs["ref"]["EODRec@2020"], runs["cut"]["EODRec@2020"]
+    assert set(cut["resumed_from"]) == {"teacher_resume"}
+    assert cut["test_result"] == ref["test_result"] and cut["test_ranks"] == ref["test_ranks"]
+    ref_teacher, cut_teacher = runs["ref"]["EODRec/teacher@2020"], runs["cut"]["EODRec/teacher@2020"]
+    assert cut_teacher["test_ranks"] == ref_teacher["test_ranks"] and cut_teacher["epochs_run"] == 3
+    assert cut_teacher["checkpoint"] == load_checkpoint(cut["resumed_from"]["teacher_resume"])["best_model_file"]
 
 
 def test_profiling_counts_what_the_call_allocates():

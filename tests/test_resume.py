@@ -188,6 +188,33 @@ def test_ctrl_c_ends_with_the_resume_command_and_exit_130(tiny_data_path, tmp_pa
     assert os.path.isfile(last) and load_checkpoint(last)["epoch"] >= 0
 
 
+def test_ctrl_c_in_a_teacher_phase_names_the_phase_file_that_continues_it(tiny_data_path, tmp_path):
+    """SIGINT while EODRec's teacher trains: exit 130, no traceback, and the command continues the teacher phase."""
+    args = ["--model=EODRec", "--dataset=tiny", f"--data_path={tiny_data_path}", "--teacher_epochs=200",
+            "--teacher_stopping_step=200", "--teacher_train_batch_size=8", "--hidden_size=8", "--inner_size=8",
+            "--n_heads=2", "--num_codebooks=2", "--codebook_size=8",
+            "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
+            "--show_progress=False", f"--checkpoint_dir={tmp_path}/saved"]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_recbole_compress.py"), *args], cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        saved = tmp_path / "saved"
+        if saved.exists() and any(f.startswith("EODRecTeacher") and f.endswith("-last.pth") for f in os.listdir(saved)):
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Continue it with:" in err, err[-2000:]
+    command = err.split("Continue it with:")[1].strip()
+    assert "--resume=" not in command and "--model=EODRec" in command
+    last = command.split("--teacher_resume=")[1].split()[0].strip("'\"")
+    assert load_checkpoint(last)["config"]["model"] == "EODRecTeacher"
+
+
 def test_data_too_short_for_a_validation_and_a_test_item_is_refused_with_the_counts(tmp_path, capsys):
     from recbole_compress.cli import main
 
@@ -201,3 +228,46 @@ def test_data_too_short_for_a_validation_and_a_test_item_is_refused_with_the_cou
     err = capsys.readouterr().err
     assert code == 2 and "no user has enough interactions" in err and "29 users, 44 interactions" in err, err
     assert "Traceback" not in err and not (tmp_path / "saved").exists()
+
+
+def _killed_when(proc, folder, prefix, epoch_below=2):
+    """SIGKILL ``proc`` as soon as a ``<prefix>...-last.pth`` file appears in ``folder``; returns that file."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        found = [f for f in os.listdir(folder) if f.startswith(prefix) and f.endswith("-last.pth")] \
+            if folder.exists() else []
+        if found:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            last = str(folder / found[0])
+            assert load_checkpoint(last)["epoch"] < epoch_below, "killed after the phase's last epoch had started"
+            return last
+        time.sleep(0.02)
+    proc.communicate()
+    raise AssertionError("the run was not killed in time")
+
+
+def test_a_run_killed_in_its_teacher_phase_resumes_the_phase_to_the_uninterrupted_numbers(tiny_config, tmp_path):
+    """An EODRec run killed during its teacher's second epoch: ``teacher_resume`` continues the teacher from its last
+    complete epoch, and the student then trains exactly as in the run that was never stopped."""
+    cfg = dict(tiny_config, model="EODRec", hidden_size=8, inner_size=8, n_heads=2, num_codebooks=2, codebook_size=8,
+               teacher_epochs=3, teacher_train_batch_size=4, teacher_stopping_step=10, epochs=2,
+               learning_rate=0.01, code_fit_steps=20, code_fit_batch_size=32, embedding_size=None,
+               checkpoint_dir=str(tmp_path / "saved"))
+    reference = _result(_child(dict(cfg, checkpoint_dir=str(tmp_path / "reference"))))
+
+    last = _killed_when(_child(cfg), tmp_path / "saved", "EODRecTeacher")
+    assert not [f for f in os.listdir(tmp_path / "saved") if f.startswith("EODRec-")], "the student had started"
+
+    resumed = _result(_child(dict(cfg, teacher_resume=last)))
+    assert resumed["test"] == reference["test"] and resumed["best_valid"] == reference["best_valid"]
+    teacher = load_checkpoint(resumed["checkpoint"])["config"]["teacher_checkpoint"]
+    assert teacher == load_checkpoint(last)["best_model_file"]  # the same teacher run, continued
+
+
+def test_a_phase_resume_of_another_model_is_refused_before_training(tiny_config, tmp_path):
+    from recbole_compress.errors import ConfigError
+
+    sasrec = run_recbole_compress("SASRec", "tiny", config_dict=dict(tiny_config), read_cmd_line=False)["checkpoint"]
+    with pytest.raises(ConfigError, match=r"teacher_resume=.*holds a SASRec model, not EODRecTeacher"):
+        make_config("EODRec", "tiny", None, dict(tiny_config, teacher_resume=sasrec), read_cmd_line=False)
