@@ -203,12 +203,18 @@ def write_outputs(plan, runs, rows, output_dir, command, test_users=None, note=N
     budget = (f"protocol {plan.get('protocol_file')}: epochs ≤ {plan['epochs']}, early stopping on valid "
               f"{plan.get('valid_metric', 'NDCG@10')} with patience {plan['stopping_step']}, seeds {plan['seeds']}")
     labels = {r["label"] for r in rows}
-    hours = sum(r.get("fit_seconds") or 0 for r in runs.values()  # the trainings this table summarises
-                if not r.get("teacher_of") and r["label"] in labels and r.get("seed") in plan["seeds"]) / 3600
+    counted = [r for r in runs.values()  # the trainings this table summarises
+               if not r.get("teacher_of") and r["label"] in labels and r.get("seed") in plan["seeds"]]
+    hours = sum(r.get("fit_seconds") or 0 for r in counted) / 3600
+    resumed = sum(1 for r in counted if r.get("resumed_from"))
+    if resumed:  # a resumed training's clock starts at the resume
+        hours_note = f" ({resumed} of them continued after a stop: only their time after it is counted)"
+    else:
+        hours_note = ""
     text = (
         f"# Benchmark: {plan['name']} (dataset {plan['dataset']})\n\nCommand: `{command}`"
         + (f" {note}" if note else "") + f"\n\n{budget}; training "
-        f"took {hours:.1f} CPU-thread hours in all. Test metrics at the best validation epoch (full ranking, "
+        f"took {hours:.1f} CPU-thread hours in all{hours_note}. Test metrics at the best validation epoch (full ranking, "
         f"leave-one-out), mean ± std over seeds. × NDCG@10: ratio of mean test NDCG@10 to the counterpart's (vs), "
         f"with a 95 % two-level bootstrap interval over seeds and the same test users "
         f"(recbole_compress/intervals.py); goal verdicts: met (lower bound ≥ goal), missed (upper bound < goal), "

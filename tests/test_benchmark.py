@@ -175,6 +175,8 @@ def test_a_plan_stopped_in_a_teacher_phase_continues_the_phase_and_ends_with_the
     runs = {name: json.load(open(tmp_path / name / "results.json"))["runs"] for name in ("ref", "cut")}
     ref, cut = runs["ref"]["EODRec@2020"], runs["cut"]["EODRec@2020"]
     assert set(cut["resumed_from"]) == {"teacher_resume"}
+    assert "1 of them continued after a stop" in open(tmp_path / "cut" / "results.md").read()
+    assert "continued after a stop" not in open(tmp_path / "ref" / "results.md").read()
     assert cut["test_result"] == ref["test_result"] and cut["test_ranks"] == ref["test_ranks"]
     ref_teacher, cut_teacher = runs["ref"]["EODRec/teacher@2020"], runs["cut"]["EODRec/teacher@2020"]
     assert cut_teacher["test_ranks"] == ref_teacher["test_ranks"] and cut_teacher["epochs_run"] == 3
