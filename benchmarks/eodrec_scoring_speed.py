@@ -46,18 +46,9 @@ def user_batches(test_data, n_users, n_batches):
     return batches
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--teacher_checkpoint", default=None)
-    parser.add_argument("--batch_users", type=int, default=256)
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--output", default=None, help="write the figures as JSON here")
-    args = parser.parse_args(argv)
-
-    model, teacher, test_data = load(args.checkpoint, args.teacher_checkpoint)
-    batches = user_batches(test_data, args.batch_users, args.batches)
+def _scoring_times(model, teacher, batches, repeats):
+    """Scoring alone (the final product from the sequence vectors), each formulation against the teacher's dense
+    product, interleaved; and each formulation's largest difference from the dense composite product."""
     seq, seq_len = model.ITEM_SEQ, model.ITEM_SEQ_LEN
     with torch.no_grad():
         theta_s = [model.forward(b[seq], b[seq_len]) for b in batches]
@@ -85,8 +76,11 @@ def main(argv=None):
                                     for t, r in zip(theta_s, reference))
     fns = {"teacher_dense": dense_teacher}
     fns.update({f"student_{m}": scorer(m) for m in SCORE_METHODS})
-    scoring = interleaved_times(fns, repeats=args.repeats, warmup=1)
+    return interleaved_times(fns, repeats=repeats, warmup=1), exactness
 
+
+def _end_to_end_times(model, teacher, batches, repeats):
+    """``full_sort_predict`` of the teacher and of the student with each formulation, interleaved."""
     def predict(m, method=None):
         def run():
             if method is not None:
@@ -98,8 +92,23 @@ def main(argv=None):
 
     fns = {"teacher_full_sort_predict": predict(teacher)}
     fns.update({f"student_{m}": predict(model, m) for m in SCORE_METHODS})
-    end_to_end = interleaved_times(fns, repeats=args.repeats, warmup=1)
+    return interleaved_times(fns, repeats=repeats, warmup=1)
 
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--teacher_checkpoint", default=None)
+    parser.add_argument("--batch_users", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--output", default=None, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+
+    model, teacher, test_data = load(args.checkpoint, args.teacher_checkpoint)
+    batches = user_batches(test_data, args.batch_users, args.batches)
+    scoring, exactness = _scoring_times(model, teacher, batches, args.repeats)
+    end_to_end = _end_to_end_times(model, teacher, batches, args.repeats)
     n = len(batches)
     result = {
         "checkpoint": args.checkpoint,

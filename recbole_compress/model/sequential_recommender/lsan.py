@@ -218,18 +218,7 @@ class LSAN(SequentialRecommender):
         self.num_real_items = self.n_items - 1  # V; id 0 is padding
 
         # ---- item embedding (§3.1): quotient-remainder base tables, or the full table of LSAN_full.emb ------------
-        if self.embedding_type == "compositional":
-            self.num_base_tables = config["num_base_tables"]
-            self.compression_rate = config["compression_rate"]
-            sizes = _table_sizes(config, dataset)
-            self.base_table_order = config["base_table_order"]
-            self.item_embedding = QuotientRemainderEmbedding(
-                self.num_real_items, self.hidden_size, table_sizes=sizes,
-                combine=self.output_composition, init=self._base_init(), init_std=self.initializer_range,
-                index_of_id=self._base_table_order(dataset, sizes),
-            )
-        else:
-            self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.item_embedding = self._build_item_embedding(config, dataset)
 
         # ---- temporal context-aware composition (§3.1, Eq.(6)-(8)) -------------------------------------------------
         self.has_categories = self.has_time_slots = False
@@ -257,6 +246,20 @@ class LSAN(SequentialRecommender):
             self.item_embedding.reset_parameters()  # its own initialisation (a product needs another scale)
         if self.output_layer == "tied" and self.output_bias:
             nn.init.zeros_(self.output_bias_vector)
+
+    def _build_item_embedding(self, config, dataset):
+        """The quotient-remainder base tables (``embedding_type: compositional``), or the full table."""
+        if self.embedding_type != "compositional":
+            return nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.num_base_tables = config["num_base_tables"]
+        self.compression_rate = config["compression_rate"]
+        self.base_table_order = config["base_table_order"]
+        sizes = _table_sizes(config, dataset)
+        return QuotientRemainderEmbedding(
+            self.num_real_items, self.hidden_size, table_sizes=sizes,
+            combine=self.output_composition, init=self._base_init(), init_std=self.initializer_range,
+            index_of_id=self._base_table_order(dataset, sizes),
+        )
 
     def _build_encoder(self, config):
         """Twin attention (§3.2): ``n_heads`` depth-wise convolution heads beside ``n_heads`` self-attention heads,
