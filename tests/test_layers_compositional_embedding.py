@@ -7,6 +7,8 @@ import torch
 
 from recbole_compress.model.layers.compositional_embedding import (
     QuotientRemainderEmbedding,
+    complementary_index,
+    complementary_table_sizes,
     qr_indices,
     qr_table_sizes,
 )
@@ -268,3 +270,42 @@ def test_cooccurrence_order_puts_items_that_follow_one_another_in_one_quotient_r
         assert emb.indices(torch.tensor(g))[:, -1].unique().numel() == 1
         assert by_id.indices(torch.tensor(g))[:, -1].unique().numel() > 1
     assert emb.indices(torch.tensor([4, 10]))[:, -1].unique().numel() == (1 if size > 1 else 2)
+
+
+@pytest.mark.parametrize("num_items,rate,tables", [(12101, 2, 2), (1682, 2, 2), (1682, 3, 3), (40727, 4, 2), (97, 2, 3)])
+def test_complementary_sizes_split_the_same_rows_into_near_equal_coprime_tables(num_items, rate, tables):
+    budget = sum(qr_table_sizes(num_items, rate, tables))
+    sizes = complementary_table_sizes(num_items, budget, tables)
+    assert len(sizes) == tables and sum(sizes) <= budget and math.prod(sizes) >= num_items
+    assert all(math.gcd(a, b) == 1 for i, a in enumerate(sizes) for b in sizes[i + 1:])
+    assert max(sizes) - min(sizes) <= 12 and sum(sizes) >= budget - 12  # near-equal, the budget nearly spent
+
+
+def test_complementary_sizes_refuse_a_budget_too_small_for_distinct_tuples():
+    with pytest.raises(ValueError, match="pairwise coprime"):
+        complementary_table_sizes(10_000, 150, 2)  # 75 * 76 < 10,000
+
+
+@pytest.mark.parametrize("num_items", [12101, 1682, 500])
+def test_complementary_partition_gives_distinct_rows_and_no_row_shared_by_many_items(num_items):
+    """Every item its own tuple of rows, every row used, and no row tied to more than a handful of items: at the
+    rows of the quotient-remainder tables of m = 2, whose remainder rows each serve half the catalogue."""
+    qr_sizes = qr_table_sizes(num_items, 2, 2)
+    sizes = complementary_table_sizes(num_items, sum(qr_sizes), 2)
+    layer = QuotientRemainderEmbedding(num_items, 4, table_sizes=sizes, combine="mult",
+                                       index_of_id=complementary_index(num_items, sizes))
+    rows = layer.indices(torch.arange(1, num_items + 1))
+    assert len({tuple(r) for r in rows.tolist()}) == num_items
+    k = torch.arange(num_items)
+    assert torch.equal(rows, torch.stack([k % sizes[0], k % sizes[1]], dim=1))  # row k mod m_n in table n
+    for n, size in enumerate(sizes):
+        load = torch.bincount(rows[:, n], minlength=size)
+        assert (load > 0).all() and load.max() <= math.ceil(num_items / size)
+    qr_rows = QuotientRemainderEmbedding(num_items, 4, table_sizes=qr_sizes).indices(torch.arange(1, num_items + 1))
+    assert torch.bincount(qr_rows[:, 0]).max() >= num_items // 2  # the remainder rows of QR serve half the items
+    assert layer.num_parameters() <= QuotientRemainderEmbedding(num_items, 4, table_sizes=qr_sizes).num_parameters()
+
+
+def test_complementary_index_refuses_sizes_that_share_a_divisor():
+    with pytest.raises(ValueError, match="pairwise coprime"):
+        complementary_index(100, [10, 12])

@@ -554,3 +554,27 @@ def test_cooccurrence_order_groups_the_most_frequent_training_transition(tiny_bu
     batch = next(iter(test))[0]
     with torch.no_grad():
         assert torch.isfinite(model.full_sort_predict(batch)[:, 1:]).all()
+
+
+def test_complementary_partition_keeps_the_rows_of_qr_and_scores(tiny_build):
+    """``base_table_order: complementary``: the rows of the m = 2 quotient-remainder tables split into two
+    consecutive (coprime) sizes, item k taking row k mod m_n in each; the model scores every item."""
+    _, _, _, qr = tiny_build(use_context=False)
+    config, train, test, model = tiny_build(use_context=False, base_table_order="complementary")
+    sizes, qr_sizes = model.item_embedding.table_sizes, qr.item_embedding.table_sizes
+    assert sizes[1] == sizes[0] + 1 and sum(sizes) <= sum(qr_sizes) and min(sizes) > qr_sizes[0]
+    k = torch.arange(model.num_real_items)
+    assert torch.equal(model.item_embedding.indices(k + 1), torch.stack([k % sizes[0], k % sizes[1]], 1))
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        assert torch.isfinite(model.full_sort_predict(batch)[:, 1:]).all()
+
+
+def test_complementary_partition_refuses_base_table_sizes_with_a_common_divisor(tiny_data_path):
+    from recbole_compress.run import make_config
+
+    cfg = {"data_path": tiny_data_path, "use_context": False, "base_table_order": "complementary",
+           "base_table_sizes": [6, 8], "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "state": "ERROR"}
+    with pytest.raises(ConfigError, match=r"base_table_sizes.*pairwise coprime"):
+        make_config("LSAN", "tiny", None, cfg, read_cmd_line=False)

@@ -40,7 +40,10 @@ items of ranks ``m_N`` apart (a popular item with a rarer one): the idea of freq
 that capacity should go where the training targets are. In LSAN on beauty it ranked worse than the id order
 (docs/LSAN.md): a rare item then scores as a scaled copy of a popular one. :func:`cooccurrence_group_order` shares
 rows between items that follow one another in the training sequences instead, so that a shared row serves alike
-items (in LSAN on beauty: within noise of the id order, docs/LSAN.md).
+items (in LSAN on beauty: within noise of the id order, docs/LSAN.md). :func:`complementary_index` with
+:func:`complementary_table_sizes` changes the partition itself: the same rows split into ``N`` near-equal, pairwise
+coprime tables, item ``k`` taking row ``k mod m_n`` in each (Shi et al.'s complementary partitions), so that no
+table is a tiny remainder table shared by every item.
 """
 import math
 
@@ -165,6 +168,46 @@ def cooccurrence_group_order(prev_items, next_items, num_items, table_sizes):
         for digit, item in enumerate(members):
             index[item] = row * size + digit
     return index
+
+
+def pairwise_coprime(sizes):
+    """True when no two of ``sizes`` share a divisor above 1."""
+    return all(math.gcd(a, b) == 1 for i, a in enumerate(sizes) for b in sizes[i + 1:])
+
+
+def complementary_table_sizes(num_items, total_rows, num_tables=2):
+    """``N`` near-equal, pairwise coprime table sizes with at most ``total_rows`` rows in all (e.g. the rows of the
+    quotient-remainder tables they replace, :func:`qr_table_sizes`) and a product of at least ``num_items``: the
+    largest such sizes found scanning down from ``total_rows / N`` (for N = 2: two consecutive integers)."""
+    n = int(num_tables)
+    sizes, c = [], int(total_rows) // n
+    while len(sizes) < n and c >= 2:
+        if all(math.gcd(c, s) == 1 for s in sizes):
+            sizes.append(c)
+        c -= 1
+    if n == 2 and sizes and 2 * sizes[0] + 1 <= total_rows:
+        sizes = [sizes[0], sizes[0] + 1]  # consecutive integers are coprime: one row more
+    if len(sizes) < n or math.prod(sizes) < num_items:
+        raise ValueError(f"{total_rows} rows cannot make {n} pairwise coprime tables whose product reaches the "
+                         f"{num_items} items")
+    return sorted(sizes)
+
+
+def complementary_index(num_items, table_sizes):
+    """The 0-based index ``k'`` of every id (``[V + 1]``, entry 0 for padding) whose mixed-radix digits are
+    ``(k mod m_1, ..., k mod m_N)`` for ``k = id - 1``: Shi et al.'s complementary partitions. With pairwise coprime
+    sizes whose product is at least V, the Chinese remainder theorem gives every item its own tuple of rows, every
+    row of every table is used, and two items that share a row of one table share no row of another (for N = 2):
+    the items an item is tied to differ from table to table, where in the quotient-remainder order the ``m_1`` items
+    of a quotient row share it and differ only through the small remainder tables."""
+    if not pairwise_coprime(table_sizes):
+        raise ValueError(f"complementary partitions need pairwise coprime table sizes, got {list(table_sizes)}")
+    k = torch.arange(int(num_items))
+    index, radix = torch.zeros_like(k), 1
+    for size in table_sizes:
+        index += (k % size) * radix
+        radix *= size
+    return torch.cat([torch.zeros(1, dtype=torch.long), index])
 
 
 class QuotientRemainderEmbedding(nn.Module):

@@ -37,7 +37,10 @@ Where we depart from (or had to reconstruct) the paper, and why:
   (:func:`~recbole_compress.model.layers.compositional_embedding.frequency_spread_order`); ``cooccurrence`` puts
   items that follow one another in the training sequences into the same quotient row
   (:func:`~recbole_compress.model.layers.compositional_embedding.cooccurrence_group_order`); both from the training
-  split only.
+  split only. ``complementary`` changes the partition: the quotient-remainder rows split into N near-equal pairwise
+  coprime tables, item k taking row k mod m_n in each (Shi et al.'s complementary partitions,
+  :func:`~recbole_compress.model.layers.compositional_embedding.complementary_index`), so that no base table is a
+  remainder table of m rows shared by every item and the items tied to one item differ from table to table.
 - The context table is ``factorized`` by default (``E_prev[c_prev] + E_cur[c_cur] + E_slot[slot]``,
   ``(2(C + 1) + S) D`` parameters): the paper's joint table (``context_mode: joint``) has one row per context tuple
   seen in training, up to ``(C + 1)^2 S``, which on ml-100k is several times the item tables and makes LSAN larger
@@ -68,10 +71,13 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole_compress.data.time_slot_dataset import TimeSlotSequentialDataset, register_dataset, slot_field_name
 from recbole_compress.model.layers.compositional_embedding import (
     QuotientRemainderEmbedding,
+    complementary_index,
+    complementary_table_sizes,
     cooccurrence_group_order,
     elementwise_product,
     frequency_spread_order,
     not_smaller_problem,
+    pairwise_coprime,
     qr_table_sizes,
 )
 from recbole_compress.model.layers.frequency_blocks import item_frequencies
@@ -82,7 +88,7 @@ from recbole_compress.model.layers.temporal_context import (
     shift_right,
 )
 from recbole_compress.model.layers.twin_attention import TwinAttentionEncoder
-from recbole_compress.config_keys import DataRule, Key
+from recbole_compress.config_keys import DataRule, Key, Relation
 from recbole_compress.errors import ConfigError
 
 
@@ -95,10 +101,15 @@ register_dataset("LSAN", LSANDataset)
 
 
 def _table_sizes(config, dataset):
-    """The base tables' rows: ``base_table_sizes``, or ``compression_rate`` m and ``num_base_tables`` N."""
+    """The base tables' rows: ``base_table_sizes``, or ``compression_rate`` m and ``num_base_tables`` N (for the
+    complementary partition, the same number of rows split into N near-equal pairwise coprime tables)."""
     if config["base_table_sizes"] is not None:
         return list(config["base_table_sizes"])
-    return qr_table_sizes(dataset.item_num - 1, config["compression_rate"], config["num_base_tables"])
+    items = dataset.item_num - 1
+    sizes = qr_table_sizes(items, config["compression_rate"], config["num_base_tables"])
+    if config["base_table_order"] == "complementary" and len(sizes) > 1:
+        return complementary_table_sizes(items, sum(sizes), len(sizes))
+    return sizes
 
 
 def base_table_sizes_problem(config, dataset):
@@ -114,7 +125,11 @@ def compression_problem(config, dataset):
     """A message when the base tables are not smaller than the item table they replace, else None."""
     if config["embedding_type"] != "compositional":
         return None
-    problem = not_smaller_problem(_table_sizes(config, dataset), dataset.item_num - 1)
+    try:
+        sizes = _table_sizes(config, dataset)
+    except ValueError as e:  # the complementary split of too few rows
+        return f"{e}: choose a smaller compression_rate"
+    problem = not_smaller_problem(sizes, dataset.item_num - 1)
     return problem and problem + ", or embedding_type: full for an uncompressed table"
 
 
@@ -171,7 +186,7 @@ class LSAN(SequentialRecommender):
         Key("compression_rate", int, low=1),
         Key("base_table_sizes", list, items=int, low=1, nonempty=True, none_ok=True),
         Key("base_table_init", str, choices=("auto", "normal", "scaled", "ones")),
-        Key("base_table_order", str, choices=("id", "frequency", "cooccurrence"), neutral="id"),
+        Key("base_table_order", str, choices=("id", "frequency", "cooccurrence", "complementary"), neutral="id"),
         Key("composition", str, choices=("attention", "attention_mult", "sum", "mean", "mult")),
         Key("composition_score", str, choices=("additive", "dot")),
         Key("use_context", bool),
@@ -187,6 +202,11 @@ class LSAN(SequentialRecommender):
         Key("output_composition", str, choices=("mean", "sum", "mult")),
         Key("output_bias", bool),
         Key("loss_type", str, choices=("CE",)),
+    )
+    config_relations = (
+        Relation(("base_table_sizes", "base_table_order"), lambda c: pairwise_coprime(c["base_table_sizes"]),
+                 "the complementary partition needs pairwise coprime base_table_sizes (e.g. consecutive integers)",
+                 when=lambda c: c["base_table_order"] == "complementary" and c["base_table_sizes"] is not None),
     )
     data_rules = (DataRule("base_table_sizes", base_table_sizes_problem), DataRule("compression_rate", compression_problem),
                   DataRule("use_context", context_problem))
@@ -303,6 +323,8 @@ class LSAN(SequentialRecommender):
         """Which items share base-table rows (``base_table_order``), from the training split; None: the id order."""
         if self.base_table_order == "frequency":
             return frequency_spread_order(item_frequencies(dataset, self.n_items), sizes)
+        if self.base_table_order == "complementary":
+            return complementary_index(self.num_real_items, sizes)
         if self.base_table_order == "cooccurrence":  # each training target with the item just before it
             feat = dataset.inter_feat
             lengths = feat[dataset.item_list_length_field].long()
