@@ -171,6 +171,9 @@ def phase_problems(config):
         if problem:
             problems.append(problem)
         path = config[phase.prefix + "checkpoint"]
+        if resume and path:
+            problems.append(f"{phase.prefix}resume={resume!r} continues the {phase.name} phase's training and "
+                            f"{phase.prefix}checkpoint={path!r} skips it with a trained model: set only one")
         if path:
             problem = _checkpoint_problem(path, phase.models, phase.prefix + "checkpoint")
             if problem:

@@ -271,3 +271,14 @@ def test_a_phase_resume_of_another_model_is_refused_before_training(tiny_config,
     sasrec = run_recbole_compress("SASRec", "tiny", config_dict=dict(tiny_config), read_cmd_line=False)["checkpoint"]
     with pytest.raises(ConfigError, match=r"teacher_resume=.*holds a SASRec model, not EODRecTeacher"):
         make_config("EODRec", "tiny", None, dict(tiny_config, teacher_resume=sasrec), read_cmd_line=False)
+
+
+def test_a_phase_resume_beside_a_given_phase_checkpoint_is_refused(tiny_config):
+    from recbole_compress.errors import ConfigError
+
+    teacher = run_recbole_compress("EODRecTeacher", "tiny", config_dict=dict(tiny_config, hidden_size=8, inner_size=8,
+                                                                         n_heads=2), read_cmd_line=False)
+    last = last_checkpoint_name(teacher["checkpoint"])
+    with pytest.raises(ConfigError, match="teacher_resume=.*teacher_checkpoint=.*set only one"):
+        make_config("EODRec", "tiny", None, dict(tiny_config, teacher_resume=last,
+                                                 teacher_checkpoint=teacher["checkpoint"]), read_cmd_line=False)
