@@ -384,6 +384,12 @@ def test_all_phases_in_one_run_then_genotype_round_trip(tiny_config, tmp_path):
     assert model.genotype == genotype and saved["source"]["search_checkpoint"] == phases["search"]
     assert len(saved["alpha"]) == 3 and saved["op_names"] == list(CANDIDATE_OPS)
 
+    # every trainable tensor of the supernet trains in the search, its projections to the teacher's sizes too
+    searched = trainer.search_trainer
+    stepped = searched.optimizer["weights"].state
+    assert all(p in stepped for p in searched.model.weight_parameters())
+    assert searched.model.emb_projection.weight in stepped and searched.model.hidden_projection.weight in stepped
+
     # the search checkpoint: alpha and EMD weights restore, its genotype is the argmax of its alpha
     search = load_checkpoint(phases["search"])
     assert search["other_parameter"]["genotype"] == genotype

@@ -265,6 +265,25 @@ def test_a_run_killed_in_its_teacher_phase_resumes_the_phase_to_the_uninterrupte
     assert teacher == load_checkpoint(last)["best_model_file"]  # the same teacher run, continued
 
 
+def test_a_run_killed_in_its_search_phase_resumes_both_phases_to_the_uninterrupted_numbers(tiny_config, tmp_path):
+    """AdaRec killed during its supernet search: the finished teacher and the search continue from their last-epoch
+    files (the supernet's projections to the teacher restore with it), and the run ends as if never stopped."""
+    cfg = dict(tiny_config, model="AdaRec", embedding_size=8, num_cells=2, epochs=1, teacher_embedding_size=16,
+               teacher_block_num=1, teacher_distill_tap_every=1, teacher_epochs=1, search_epochs=3,
+               search_train_batch_size=4, search_stopping_step=10, checkpoint_dir=str(tmp_path / "saved"))
+    for key in ("hidden_size", "inner_size", "n_layers", "n_heads"):
+        cfg.pop(key)
+    reference = _result(_child(dict(cfg, checkpoint_dir=str(tmp_path / "reference"))))
+
+    search = _killed_when(_child(cfg), tmp_path / "saved", "AdaRecSearch")
+    teacher = next(str(tmp_path / "saved" / f) for f in os.listdir(tmp_path / "saved")
+                   if f.startswith("AdaRecNextItNetTeacher") and f.endswith("-last.pth"))
+    resumed = _result(_child(dict(cfg, teacher_resume=teacher, search_resume=search)))
+    assert resumed["test"] == reference["test"] and resumed["best_valid"] == reference["best_valid"]
+    assert load_checkpoint(resumed["checkpoint"])["config"]["search_checkpoint"] == \
+        load_checkpoint(search)["best_model_file"]  # the same search, continued
+
+
 def test_a_phase_resume_of_another_model_is_refused_before_training(tiny_config, tmp_path):
     from recbole_compress.errors import ConfigError
 

@@ -119,6 +119,13 @@ class AdaRecSearchTrainer(StepLRMixin, DistillationTrainer):
         self.genotype = None
         self.genotype_file = None
 
+    def resume_checkpoint(self, resume_file, dataset=None):
+        """The supernet's projections to the teacher's sizes exist once it has its teacher (its checkpoint holds
+        them): the teacher of ``teacher_checkpoint`` is adopted first."""
+        if self.teacher is None:
+            self.prepare_teacher(None, None, verbose=False)
+        super().resume_checkpoint(resume_file, dataset=dataset)
+
     def _build_optimizer(self, **kwargs):
         weights = super()._build_optimizer(params=self.model.weight_parameters())
         arch = super()._build_optimizer(
@@ -285,11 +292,10 @@ class AdaRecTrainer(StepLRMixin, DistillationTrainer):
         teacher_model = self.teacher_info["model"] if self.teacher_info else self.config["teacher_model"]
         search = self.phases.build("search_", extra={"teacher_checkpoint": self.config["teacher_checkpoint"],
                                                      "teacher_model": teacher_model})
-        config, supernet, trainer = search.config, search.model, search.trainer
+        config, trainer = search.config, search.trainer
+        trainer.adopt_teacher(self.teacher, self.teacher_info)  # the supernet's projections train with it
         self._phase("search", f"supernet of {config['num_cells']} cells x {config['num_nodes']} nodes, width "
                               f"{config['embedding_size']}, for up to {config['epochs']} epochs")
-        supernet.set_teacher(self.teacher)
-        trainer.teacher, trainer.teacher_info = self.teacher, self.teacher_info
         start = time.time()
         trainer.fit(search.data.train, search.data.valid, verbose=verbose, saved=True, show_progress=show_progress)
         self.search_trainer = trainer

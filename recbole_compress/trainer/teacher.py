@@ -38,16 +38,22 @@ class DistillationTrainer(Trainer):
             )
         teacher, info = self.phases.teacher(self.teacher_prefix, verbose=verbose,
                                             show_progress=self.config["show_progress"])
-        self.teacher, self.teacher_info = teacher, info
         self.config[f"{self.teacher_prefix}checkpoint"] = info["checkpoint"]
         self.phase_checkpoints["teacher"] = info["checkpoint"]
+        self.adopt_teacher(teacher, info)
+        return teacher
+
+    def adopt_teacher(self, teacher, info=None):
+        """Give the student its trained ``teacher``: ``set_teacher``, and where that adds parameters (projections
+        to the teacher's sizes), the optimizer is built again so that they train too (before a resume loads its
+        state into it)."""
+        self.teacher, self.teacher_info = teacher, info
         before = {id(p) for p in self.model.parameters()}
         self.model.set_teacher(teacher)
         if {id(p) for p in self.model.parameters()} != before:
             self.setup_distributed()  # DDP must see the student's new parameters (no-op in one process)
             if self.start_epoch == 0:
                 self.optimizer = self._build_optimizer()
-        return teacher
 
     def needs_teacher(self):
         """True when the student's training needs the teacher (default: always)."""
