@@ -289,8 +289,10 @@ class PhaseRunner:
             return restored.model, {"checkpoint": path, "trained": False, "model": restored.config["model"],
                                     "best_valid_score": None, "best_valid_result": None, "stopped_by": "loaded"}
         phase = self.build(prefix)
-        self.logger.info(set_color(f"Phase {name}", "green")
-                         + f": training {phase.config['model']} for up to {phase.config['epochs']} epochs")
+        done = phase.trainer.start_epoch >= phase.config["epochs"]  # resumed from a phase that had finished
+        self.logger.info(set_color(f"Phase {name}", "green") + (
+            f": {phase.config['model']} continued from {phase.config['resume']}, which had finished" if done else
+            f": training {phase.config['model']} for up to {phase.config['epochs']} epochs"))
         start = time.perf_counter()
         best_score, best_result = phase.trainer.fit(phase.data.train, phase.data.valid, verbose=verbose, saved=True,
                                                     show_progress=show_progress)
