@@ -214,9 +214,9 @@ def write_outputs(plan, runs, rows, output_dir, command, test_users=None, note=N
     text = (
         f"# Benchmark: {plan['name']} (dataset {plan['dataset']})\n\nCommand: `{command}`"
         + (f" {note}" if note else "") + f"\n\n{budget}; training "
-        f"took {hours:.1f} CPU-thread hours in all{hours_note}. Test metrics at the best validation epoch (full ranking, "
-        f"leave-one-out), mean ± std over seeds. × NDCG@10: ratio of mean test NDCG@10 to the counterpart's (vs), "
-        f"with a 95 % two-level bootstrap interval over seeds and the same test users "
+        f"took {hours:.1f} CPU-thread hours in all{hours_note}. Test metrics at the best validation epoch "
+        f"(full ranking, leave-one-out), mean ± std over seeds. × NDCG@10: ratio of mean test NDCG@10 to the "
+        f"counterpart's (vs), with a 95 % two-level bootstrap interval over seeds and the same test users "
         f"(recbole_compress/intervals.py); goal verdicts: met (lower bound ≥ goal), missed (upper bound < goal), "
         f"within noise. Inference: {plan['infer_batches']} batches of {plan['infer_batch_users']} test users, timed "
         f"in one process interleaved with the counterpart. Epochs: per seed; 'not converged' when the epoch cap, not "

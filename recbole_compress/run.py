@@ -302,10 +302,11 @@ class PhaseRunner:
         phase.model.eval()
         self.logger.info(set_color(f"Phase {name} done", "green") + f": best valid {best_score} saved in {path}")
         trainer, seconds = phase.trainer, phase.trainer.epoch_seconds
+        stopped_by = "early stopping" if trainer.cur_step > trainer.stopping_step else "epoch cap"
         return phase.model, {"checkpoint": path, "trained": True, "model": phase.config["model"],
                              "best_valid_score": best_score, "best_valid_result": best_result,
                              "epochs_run": len(trainer.train_loss_dict), "fit_seconds": fit_seconds,
-                             "stopped_by": "early stopping" if trainer.cur_step > trainer.stopping_step else "epoch cap",
+                             "stopped_by": stopped_by,
                              "train_seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
 
 
@@ -322,7 +323,9 @@ def counterpart_size(run):
         counterpart = type(run.model).compressed_from
     if counterpart == "teacher":
         teacher = getattr(run.trainer, "teacher", None)
-        return (f"its teacher ({type(teacher).__name__})", count_parameters(teacher, inference=True)) if teacher is not None else None
+        if teacher is None:
+            return None
+        return f"its teacher ({type(teacher).__name__})", count_parameters(teacher, inference=True)
     if counterpart is None:
         return None
     cls = get_model(counterpart)
