@@ -73,7 +73,7 @@ from recbole_compress.benchmark_report import RESULTS_VERSION, references, row_l
 from recbole_compress.checkpoint import to_plain
 from recbole_compress.commandline import parse_value, quiet_known_noise
 from recbole_compress.errors import ConfigError
-from recbole_compress.registry import get_model
+from recbole_compress.registry import get_model, get_trainer
 
 PROTOCOL_FILE = ("preset", "benchmark_protocol.yaml")
 #: protocol keys that are plan fields (the rest go into every entry's config)
@@ -241,11 +241,17 @@ def defaults_digest(config):
     the plugin's property files for this model and dataset). ``settings_hash`` covers what the plan sets; this
     covers what it leaves to the defaults, so that a training made before a default changed is not reused. A key
     declared with a ``neutral`` value (``Key(..., neutral=...)``: added later, with a default that keeps the model's
-    old behaviour) is left out while its default is that value."""
+    old behaviour) is left out while its default is that value. A fix that changes a model's results without changing
+    a setting raises ``results_revision`` on the model or trainer class: it enters the digest once above 0, so the
+    trainings made before the fix are made again (and no other model's digest changes)."""
     internal = dict(getattr(config, "internal_config_dict", None) or {})
-    for key in getattr(get_model(config["model"]), "config_keys", ()):
+    model = get_model(config["model"])
+    for key in getattr(model, "config_keys", ()):
         if key.name in internal and key.is_neutral(internal[key.name]):
             del internal[key.name]
+    revisions = [getattr(owner, "results_revision", 0) for owner in (model, get_trainer(model.type, model))]
+    if any(revisions):
+        internal["results_revision"] = revisions
     return hashlib.sha256(json.dumps(internal, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

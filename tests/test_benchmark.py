@@ -410,6 +410,23 @@ def test_a_key_added_at_its_neutral_default_keeps_the_defaults_digest():
     assert defaults_digest(config) != now
 
 
+def test_a_results_revision_makes_the_trainings_before_a_fix_stale_and_only_that_models(monkeypatch):
+    """A fix that changes a model's results without a setting raises ``results_revision`` on its model or trainer:
+    the defaults digest changes for that model (its earlier trainings are made again) and for no other."""
+    from recbole_compress.benchmark import defaults_digest
+    from recbole_compress.run import make_config
+    from recbole_compress.trainer.adarec import AdaRecTrainer
+
+    adarec = make_config("AdaRec", "ml-100k", None, {"state": "ERROR"}, read_cmd_line=False)
+    sasrec = make_config("SASRec", "ml-100k", None, {"state": "ERROR"}, read_cmd_line=False)
+    now, other = defaults_digest(adarec), defaults_digest(sasrec)
+    monkeypatch.setattr(AdaRecTrainer, "results_revision", 0)
+    before_fix = defaults_digest(adarec)
+    assert before_fix != now and defaults_digest(sasrec) == other
+    monkeypatch.setattr(AdaRecTrainer, "results_revision", 2)
+    assert defaults_digest(adarec) not in (now, before_fix)
+
+
 def test_jobs_1_trains_at_one_thread_too(monkeypatch):
     """``--jobs 1`` trains in the benchmark's own process: at one thread, as a ``--jobs 2`` worker does (the
     protocol's "one thread per training"), and the process's thread count is back afterwards for the timing."""

@@ -217,6 +217,9 @@ class AdaRecTrainer(StepLRMixin, DistillationTrainer):
     """All of AdaRec in one ``fit``: teacher -> search -> derive -> retrain (see the module docstring)."""
 
     config_written = ("teacher_checkpoint", "search_checkpoint", "adarec_arch", "adarec_arch_file")
+    #: 1: the in-run search trains the supernet's projections to the teacher (2026-12-02); trainings made before are
+    #: not reused by the benchmark (``recbole_compress.benchmark.defaults_digest``)
+    results_revision = 1
     config_keys = GENOTYPE_KEYS + (
         Key("retrain_init", str, choices=RETRAIN_INITS),
         Key("adarec_arch_file", str, none_ok=True, file=True),
