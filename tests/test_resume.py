@@ -269,7 +269,7 @@ def test_a_run_killed_in_its_search_phase_resumes_both_phases_to_the_uninterrupt
     """AdaRec killed during its supernet search: the finished teacher and the search continue from their last-epoch
     files (the supernet's projections to the teacher restore with it), and the run ends as if never stopped."""
     cfg = dict(tiny_config, model="AdaRec", embedding_size=8, num_cells=2, epochs=1, teacher_embedding_size=16,
-               teacher_block_num=1, teacher_distill_tap_every=1, teacher_epochs=1, search_epochs=3,
+               teacher_block_num=1, teacher_distill_tap_every=1, teacher_epochs=1, search_epochs=2,
                search_train_batch_size=4, search_stopping_step=10, checkpoint_dir=str(tmp_path / "saved"))
     for key in ("hidden_size", "inner_size", "n_layers", "n_heads"):
         cfg.pop(key)
