@@ -95,21 +95,19 @@ def test_two_jobs_give_the_numbers_of_one(tiny_data_path, tmp_path):
         assert one[key]["test_ranks"] == two[key]["test_ranks"]
 
 
-def test_a_plan_stopped_in_the_middle_of_an_entry_ends_with_the_uninterrupted_numbers(tiny_data_path, tmp_path):
-    """The benchmark is killed (SIGKILL) during the second epoch of an entry; run again, it continues that entry
-    from its last complete epoch and ends with the numbers of a plan that was never stopped."""
+def _plan_stopped_and_run_again(tiny_data_path, tmp_path, model, extra, drop, stop_at):
+    """The tiny plan of ``model`` run once uninterrupted (``ref``) and once killed (SIGKILL) as soon as a file
+    ``stop_at(name)`` accepts appears in its checkpoint folder, then run again (``cut``); returns both plans' runs."""
     import signal
     import subprocess
     import sys
     import time
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    slow = ["--seeds", "2020", "--epochs", "3", "--train_batch_size=4", "--stopping_step", "10"]
 
     def command(out):
-        args = [a for a in _args(tiny_data_path, out, *slow)
-                if not a.startswith(("--train_batch_size=64", "--embedding_size"))]
-        args[args.index("SASRec,GRU4Rec")] = "SASRec"
+        args = [a for a in _args(tiny_data_path, out, "--seeds", "2020", *extra) if not a.startswith(drop)]
+        args[args.index("SASRec,GRU4Rec")] = model
         return [sys.executable, "-m", "recbole_compress.benchmark"] + args
 
     env = dict(os.environ, PYTHONPATH=root)
@@ -118,10 +116,10 @@ def test_a_plan_stopped_in_the_middle_of_an_entry_ends_with_the_uninterrupted_nu
     assert reference.returncode == 0, reference.stderr[-2000:]
     proc = subprocess.Popen(command(tmp_path / "cut"), cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    folder = tmp_path / "cut" / "checkpoints" / "SASRec@2020"
+    folder = tmp_path / "cut" / "checkpoints" / f"{model}@2020"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if folder.exists() and any(f.endswith("-last.pth") for f in os.listdir(folder)):
+        if folder.exists() and any(stop_at(f) for f in os.listdir(folder)):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
@@ -129,8 +127,16 @@ def test_a_plan_stopped_in_the_middle_of_an_entry_ends_with_the_uninterrupted_nu
     assert proc.returncode == -signal.SIGKILL
     again = subprocess.run(command(tmp_path / "cut"), cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    ref = json.load(open(tmp_path / "ref" / "results.json"))["runs"]["SASRec@2020"]
-    cut = json.load(open(tmp_path / "cut" / "results.json"))["runs"]["SASRec@2020"]
+    return {name: json.load(open(tmp_path / name / "results.json"))["runs"] for name in ("ref", "cut")}
+
+
+def test_a_plan_stopped_in_the_middle_of_an_entry_ends_with_the_uninterrupted_numbers(tiny_data_path, tmp_path):
+    """The benchmark is killed (SIGKILL) during the second epoch of an entry; run again, it continues that entry
+    from its last complete epoch and ends with the numbers of a plan that was never stopped."""
+    runs = _plan_stopped_and_run_again(
+        tiny_data_path, tmp_path, "SASRec", ["--epochs", "3", "--train_batch_size=4", "--stopping_step", "10"],
+        ("--train_batch_size=64", "--embedding_size"), lambda name: name.endswith("-last.pth"))
+    ref, cut = runs["ref"]["SASRec@2020"], runs["cut"]["SASRec@2020"]
     assert cut["resumed_from"] and cut["test_result"] == ref["test_result"] and cut["test_ranks"] == ref["test_ranks"]
     assert cut["epochs_run"] == ref["epochs_run"] == 3
 
@@ -139,40 +145,12 @@ def test_a_plan_stopped_in_a_teacher_phase_continues_the_phase_and_ends_with_the
         tiny_data_path, tmp_path):
     """Killed (SIGKILL) while an EODRec entry's teacher trains its second epoch, the plan run again continues the
     teacher from its last complete epoch (recorded before the phase trained), not from scratch."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-    def command(out):
-        args = [a for a in _args(tiny_data_path, out, "--seeds", "2020", "--epochs", "1", "--teacher_epochs=3",
-                                 "--teacher_train_batch_size=4", "--teacher_stopping_step=10", "--n_heads=2",
-                                 "--inner_size=8", "--num_codebooks=2", "--codebook_size=8", "--code_fit_steps=20")
-                if not a.startswith(("--embedding_size", "--inner_size=16"))]
-        args[args.index("SASRec,GRU4Rec")] = "EODRec"
-        return [sys.executable, "-m", "recbole_compress.benchmark"] + args
-
-    env = dict(os.environ, PYTHONPATH=root)
-    reference = subprocess.run(command(tmp_path / "ref"), cwd=root, env=env, capture_output=True, text=True,
-                               timeout=600)
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    proc = subprocess.Popen(command(tmp_path / "cut"), cwd=root, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    folder = tmp_path / "cut" / "checkpoints" / "EODRec@2020"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if folder.exists() and any(f.startswith("EODRecTeacher") and f.endswith("-last.pth")
-                                   for f in os.listdir(folder)):
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    again = subprocess.run(command(tmp_path / "cut"), cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
-    runs = {name: json.load(open(tmp_path / name / "results.json"))["runs"] for name in ("ref", "cut")}
+    runs = _plan_stopped_and_run_again(
+        tiny_data_path, tmp_path, "EODRec",
+        ["--epochs", "1", "--teacher_epochs=3", "--teacher_train_batch_size=4", "--teacher_stopping_step=10",
+         "--n_heads=2", "--inner_size=8", "--num_codebooks=2", "--codebook_size=8", "--code_fit_steps=20"],
+        ("--embedding_size", "--inner_size=16"),
+        lambda name: name.startswith("EODRecTeacher") and name.endswith("-last.pth"))
     ref, cut = runs["ref"]["EODRec@2020"], runs["cut"]["EODRec@2020"]
     assert set(cut["resumed_from"]) == {"teacher_resume"}
     assert "1 of them continued after a stop" in open(tmp_path / "cut" / "results.md").read()

@@ -165,18 +165,18 @@ def test_each_model_of_a_multi_model_run_logs_into_its_own_file(tiny_data_path, 
         assert "test result" in text and text.count("test result") == 1
 
 
-def test_ctrl_c_ends_with_the_resume_command_and_exit_130(tiny_data_path, tmp_path):
-    """SIGINT during training: no traceback, the last complete epoch's file and the command that continues it."""
-    args = ["--model=SASRec", "--dataset=tiny", f"--data_path={tiny_data_path}", "--epochs=200", "--stopping_step=200",
-            "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
-            "--show_progress=False", f"--checkpoint_dir={tmp_path}/saved", "--train_batch_size=8"]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_recbole_compress.py"), *args], cwd=str(tmp_path),
+def _ctrl_c(args, tmp_path, prefix=""):
+    """The command line run with ``args`` and SIGINT a second after a ``<prefix>...-last.pth`` file appears in
+    ``<tmp_path>/saved``: its stderr, after checking exit 130, no traceback and the resume command."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_recbole_compress.py"), *args,
+                             "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
+                             "--show_progress=False", f"--checkpoint_dir={tmp_path}/saved"], cwd=str(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=ROOT))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         saved = tmp_path / "saved"
-        if saved.exists() and any(f.endswith("-last.pth") for f in os.listdir(saved)):
+        if saved.exists() and any(f.startswith(prefix) and f.endswith("-last.pth") for f in os.listdir(saved)):
             time.sleep(1.0)
             proc.send_signal(signal.SIGINT)
             break
@@ -184,31 +184,22 @@ def test_ctrl_c_ends_with_the_resume_command_and_exit_130(tiny_data_path, tmp_pa
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "Continue it with:" in err, err[-2000:]
+    return err
+
+
+def test_ctrl_c_ends_with_the_resume_command_and_exit_130(tiny_data_path, tmp_path):
+    """SIGINT during training: no traceback, the last complete epoch's file and the command that continues it."""
+    err = _ctrl_c(["--model=SASRec", "--dataset=tiny", f"--data_path={tiny_data_path}", "--epochs=200",
+                   "--stopping_step=200", "--train_batch_size=8"], tmp_path)
     last = err.split("--resume=")[1].split()[0].strip("'\"")
     assert os.path.isfile(last) and load_checkpoint(last)["epoch"] >= 0
 
 
 def test_ctrl_c_in_a_teacher_phase_names_the_phase_file_that_continues_it(tiny_data_path, tmp_path):
     """SIGINT while EODRec's teacher trains: exit 130, no traceback, and the command continues the teacher phase."""
-    args = ["--model=EODRec", "--dataset=tiny", f"--data_path={tiny_data_path}", "--teacher_epochs=200",
-            "--teacher_stopping_step=200", "--teacher_train_batch_size=8", "--hidden_size=8", "--inner_size=8",
-            "--n_heads=2", "--num_codebooks=2", "--codebook_size=8",
-            "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
-            "--show_progress=False", f"--checkpoint_dir={tmp_path}/saved"]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_recbole_compress.py"), *args], cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        saved = tmp_path / "saved"
-        if saved.exists() and any(f.startswith("EODRecTeacher") and f.endswith("-last.pth") for f in os.listdir(saved)):
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.05)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err and "Continue it with:" in err, err[-2000:]
+    err = _ctrl_c(["--model=EODRec", "--dataset=tiny", f"--data_path={tiny_data_path}", "--teacher_epochs=200",
+                   "--teacher_stopping_step=200", "--teacher_train_batch_size=8", "--hidden_size=8", "--inner_size=8",
+                   "--n_heads=2", "--num_codebooks=2", "--codebook_size=8"], tmp_path, prefix="EODRecTeacher")
     command = err.split("Continue it with:")[1].strip()
     assert "--resume=" not in command and "--model=EODRec" in command
     last = command.split("--teacher_resume=")[1].split()[0].strip("'\"")
