@@ -407,7 +407,7 @@ def _teacher_record(entry, seed, run, teacher_path):
         "best_valid_score": float(info["best_valid_score"]) if info.get("best_valid_score") is not None else None,
         "epochs_run": info.get("epochs_run"), "stopped_by": info.get("stopped_by"),
         "train_seconds_per_epoch": info.get("train_seconds_per_epoch"),
-        "fit_seconds": info.get("fit_seconds"),
+        "fit_seconds": info.get("fit_seconds"), "resumed_from": info.get("resumed_from"),
         "checkpoint": teacher_path,
         "params": count_parameters(teacher.model, inference=True),
         "state_dict_bytes": state_dict_bytes(teacher.model),

@@ -278,7 +278,8 @@ class PhaseRunner:
         Returns:
             (model, info dict with ``checkpoint``, ``trained``, ``model``, ``best_valid_score``,
             ``best_valid_result``, ``stopped_by`` ("early stopping", "epoch cap", or "loaded" for a given
-            checkpoint), and for a trained phase ``epochs_run``, ``fit_seconds``, ``train_seconds_per_epoch``).
+            checkpoint), and for a trained phase ``epochs_run``, ``fit_seconds`` (in this process),
+            ``train_seconds_per_epoch`` and ``resumed_from`` (its ``<prefix>resume`` file, if it continued one)).
         """
         path = self.config[f"{prefix}checkpoint"]
         name = prefix.rstrip("_")
@@ -306,7 +307,7 @@ class PhaseRunner:
         return phase.model, {"checkpoint": path, "trained": True, "model": phase.config["model"],
                              "best_valid_score": best_score, "best_valid_result": best_result,
                              "epochs_run": len(trainer.train_loss_dict), "fit_seconds": fit_seconds,
-                             "stopped_by": stopped_by,
+                             "resumed_from": phase.config["resume"], "stopped_by": stopped_by,
                              "train_seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
 
 

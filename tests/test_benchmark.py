@@ -158,6 +158,7 @@ def test_a_plan_stopped_in_a_teacher_phase_continues_the_phase_and_ends_with_the
     assert cut["test_result"] == ref["test_result"] and cut["test_ranks"] == ref["test_ranks"]
     ref_teacher, cut_teacher = runs["ref"]["EODRec/teacher@2020"], runs["cut"]["EODRec/teacher@2020"]
     assert cut_teacher["test_ranks"] == ref_teacher["test_ranks"] and cut_teacher["epochs_run"] == 3
+    assert cut_teacher["resumed_from"] == cut["resumed_from"]["teacher_resume"] and ref_teacher["resumed_from"] is None
     assert cut_teacher["checkpoint"] == load_checkpoint(cut["resumed_from"]["teacher_resume"])["best_model_file"]
 
 
