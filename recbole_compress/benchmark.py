@@ -360,10 +360,12 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
                      + (f", continuing from {resume}" if resume else ""))
     run = build(config)
 
-    _mark_in_progress(cfg["checkpoint_dir"], digest, entry, run_files(run.trainer))
-    if getattr(run.trainer, "phases", None) is not None:  # a phase's last-epoch file is recorded before it trains
-        run.trainer.phases.on_phase_built = lambda files: _mark_in_progress(
-            cfg["checkpoint_dir"], digest, entry, run_files(run.trainer))
+    def mark():
+        _mark_in_progress(cfg["checkpoint_dir"], digest, entry, run_files(run.trainer))
+
+    mark()
+    if getattr(run.trainer, "phases", None) is not None:
+        run.trainer.phases.on_phase_built = mark  # a phase's last-epoch file is recorded before the phase trains
     start = time.perf_counter()
     result = fit_and_test(run, saved=True, show_progress=False)
     trainer, model = run.trainer, run.model

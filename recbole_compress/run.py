@@ -260,7 +260,7 @@ class PhaseRunner:
         self.config, self.data = config, data
         self.logger = getLogger()
         self.resume_files = {}  # "<prefix>resume": the last-epoch file of each phase built so far
-        self.on_phase_built = None  # callable(resume_files), called before the phase trains (the benchmark's marker)
+        self.on_phase_built = None  # called with no argument before a phase trains (the benchmark's marker)
 
     def build(self, prefix, model=None, extra=None):
         """A :class:`Run` of one phase (``model`` default: the phase's model in the run's config). The run's
@@ -268,7 +268,7 @@ class PhaseRunner:
         run = build(phase_config(self.config, prefix, model, extra), self.data)
         self.resume_files[f"{prefix}resume"] = run.trainer.last_model_file
         if self.on_phase_built is not None:
-            self.on_phase_built(dict(self.resume_files))
+            self.on_phase_built()
         return run
 
     def teacher(self, prefix, verbose=True, show_progress=False):

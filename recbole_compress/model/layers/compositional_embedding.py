@@ -180,15 +180,16 @@ def complementary_table_sizes(num_items, total_rows, num_tables=2):
     """``N`` near-equal, pairwise coprime table sizes with at most ``total_rows`` rows in all (e.g. the rows of the
     quotient-remainder tables they replace, :func:`qr_table_sizes`) and a product of at least ``num_items``: the
     largest such sizes found scanning down from ``total_rows / N`` (for N = 2: two consecutive integers)."""
-    n = int(num_tables)
-    sizes, c = [], int(total_rows) // n
-    while len(sizes) < n and c >= 2:
-        if all(math.gcd(c, s) == 1 for s in sizes):
-            sizes.append(c)
-        c -= 1
-    if n == 2 and sizes and 2 * sizes[0] + 1 <= total_rows:
-        sizes = [sizes[0], sizes[0] + 1]  # consecutive integers are coprime: one row more
-    if len(sizes) < n or math.prod(sizes) < num_items:
+    n, total = int(num_tables), int(total_rows)
+    if n == 2:  # consecutive integers are coprime
+        sizes = [(total - 1) // 2, (total - 1) // 2 + 1]
+    else:
+        sizes, c = [], total // n
+        while len(sizes) < n and c >= 2:
+            if all(math.gcd(c, s) == 1 for s in sizes):
+                sizes.append(c)
+            c -= 1
+    if len(sizes) < n or min(sizes) < 1 or math.prod(sizes) < num_items:
         raise ValueError(f"{total_rows} rows cannot make {n} pairwise coprime tables whose product reaches the "
                          f"{num_items} items")
     return sorted(sizes)
