@@ -348,7 +348,7 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
     test split; returns its records (and the teacher's, for a teacher-student entry)."""
     from recbole_compress.logs import start_logging
     from recbole_compress.profiling import count_parameters, state_dict_bytes
-    from recbole_compress.run import build, fit_and_test, make_config, run_files
+    from recbole_compress.run import build, fit_and_test, make_config, run_files, seconds_before_resume
 
     digest = digest or settings_hash(plan, entry)
     cfg = entry_config(plan, entry, seed, output_dir)
@@ -377,7 +377,8 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
         "epochs_run": len(trainer.train_loss_dict),
         "stopped_by": "early stopping" if trainer.cur_step > trainer.stopping_step else "epoch cap",
         "train_seconds_per_epoch": statistics.mean(trainer.epoch_seconds) if trainer.epoch_seconds else None,
-        "fit_seconds": time.perf_counter() - start,
+        "fit_seconds": time.perf_counter() - start + seconds_before_resume(trainer),
+        "fit_seconds_before_resume": seconds_before_resume(trainer) if resume else None,
         "resumed_from": resume or None,
         "checkpoint": trainer.saved_model_file,
         "params": count_parameters(model, inference=True),

@@ -12,7 +12,6 @@ dataset and its split are made after ``init_seed(seed)``, the model after ``init
 """
 import os
 import socket
-import time
 from logging import getLogger
 
 import torch
@@ -185,6 +184,12 @@ def run_files(trainer):
     return {"resume": trainer.last_model_file, **(phases.resume_files if phases is not None else {})}
 
 
+def seconds_before_resume(trainer):
+    """Training seconds a resumed run had spent before this process continued it: its own and its phases'."""
+    phases = getattr(trainer, "phases", None)
+    return trainer.seconds_before_resume + (phases.seconds_before_resume if phases is not None else 0.0)
+
+
 def fit_and_test(run, saved=True, show_progress=False, verbose=True, callback_fn=None, evaluate_test=True):
     """RecBole's ``fit`` (best validation epoch saved when ``saved``), then the test of the best epoch.
 
@@ -261,6 +266,18 @@ class PhaseRunner:
         self.logger = getLogger()
         self.resume_files = {}  # "<prefix>resume": the last-epoch file of each phase built so far
         self.on_phase_built = None  # called with no argument before a phase trains (the benchmark's marker)
+        self.seconds = {}  # "<prefix>": fit seconds of each phase this run trained, before a stop included
+        self.seconds_before_resume = 0.0  # of those, the seconds spent in the processes before this one
+
+    def record_seconds(self, prefix, trainer):
+        """Note what a phase's training took (``trainer.fit_seconds()``), once it has trained."""
+        self.seconds[prefix] = trainer.fit_seconds()
+        self.seconds_before_resume += trainer.seconds_before_resume
+
+    def restore_seconds(self, seconds):
+        """The phases' seconds from the checkpoint of a run resumed after its phases had finished."""
+        self.seconds = {prefix: float(value) for prefix, value in seconds.items()}
+        self.seconds_before_resume = sum(self.seconds.values())
 
     def build(self, prefix, model=None, extra=None):
         """A :class:`Run` of one phase (``model`` default: the phase's model in the run's config). The run's
@@ -278,7 +295,8 @@ class PhaseRunner:
         Returns:
             (model, info dict with ``checkpoint``, ``trained``, ``model``, ``best_valid_score``,
             ``best_valid_result``, ``stopped_by`` ("early stopping", "epoch cap", or "loaded" for a given
-            checkpoint), and for a trained phase ``epochs_run``, ``fit_seconds`` (in this process),
+            checkpoint), ``fit_seconds`` (what its training took, a part before a stop included; None for a
+            checkpoint this run did not train), and for a trained phase ``epochs_run``,
             ``train_seconds_per_epoch`` and ``resumed_from`` (its ``<prefix>resume`` file, if it continued one)).
         """
         path = self.config[f"{prefix}checkpoint"]
@@ -288,16 +306,16 @@ class PhaseRunner:
             self.logger.info(set_color(f"Phase {name}", "green") + f": reusing {restored.config['model']} from {path}")
             restored.model.eval()
             return restored.model, {"checkpoint": path, "trained": False, "model": restored.config["model"],
-                                    "best_valid_score": None, "best_valid_result": None, "stopped_by": "loaded"}
+                                    "best_valid_score": None, "best_valid_result": None, "stopped_by": "loaded",
+                                    "fit_seconds": self.seconds.get(prefix)}  # known if this run trained it
         phase = self.build(prefix)
         done = phase.trainer.start_epoch >= phase.config["epochs"]  # resumed from a phase that had finished
         self.logger.info(set_color(f"Phase {name}", "green") + (
             f": {phase.config['model']} continued from {phase.config['resume']}, which had finished" if done else
             f": training {phase.config['model']} for up to {phase.config['epochs']} epochs"))
-        start = time.perf_counter()
         best_score, best_result = phase.trainer.fit(phase.data.train, phase.data.valid, verbose=verbose, saved=True,
                                                     show_progress=show_progress)
-        fit_seconds = time.perf_counter() - start
+        self.record_seconds(prefix, phase.trainer)
         path = phase.trainer.saved_model_file
         load_model_state(phase.model, load_checkpoint(path, map_location=phase.config["device"]), repr(path))
         phase.model.eval()
@@ -306,7 +324,7 @@ class PhaseRunner:
         stopped_by = "early stopping" if trainer.cur_step > trainer.stopping_step else "epoch cap"
         return phase.model, {"checkpoint": path, "trained": True, "model": phase.config["model"],
                              "best_valid_score": best_score, "best_valid_result": best_result,
-                             "epochs_run": len(trainer.train_loss_dict), "fit_seconds": fit_seconds,
+                             "epochs_run": len(trainer.train_loss_dict), "fit_seconds": trainer.fit_seconds(),
                              "resumed_from": phase.config["resume"], "stopped_by": stopped_by,
                              "train_seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
 

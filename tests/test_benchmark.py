@@ -153,13 +153,16 @@ def test_a_plan_stopped_in_a_teacher_phase_continues_the_phase_and_ends_with_the
         lambda name: name.startswith("EODRecTeacher") and name.endswith("-last.pth"))
     ref, cut = runs["ref"]["EODRec@2020"], runs["cut"]["EODRec@2020"]
     assert set(cut["resumed_from"]) == {"teacher_resume"}
-    assert "1 of them continued after a stop" in open(tmp_path / "cut" / "results.md").read()
+    assert "1 of them continued after a stop)" in open(tmp_path / "cut" / "results.md").read()
     assert "continued after a stop" not in open(tmp_path / "ref" / "results.md").read()
     assert cut["test_result"] == ref["test_result"] and cut["test_ranks"] == ref["test_ranks"]
     ref_teacher, cut_teacher = runs["ref"]["EODRec/teacher@2020"], runs["cut"]["EODRec/teacher@2020"]
     assert cut_teacher["test_ranks"] == ref_teacher["test_ranks"] and cut_teacher["epochs_run"] == 3
     assert cut_teacher["resumed_from"] == cut["resumed_from"]["teacher_resume"] and ref_teacher["resumed_from"] is None
     assert cut_teacher["checkpoint"] == load_checkpoint(cut["resumed_from"]["teacher_resume"])["best_model_file"]
+    # the teacher's time before the stop is counted: in its own row and in the run's
+    assert cut["fit_seconds_before_resume"] > 0 and ref["fit_seconds_before_resume"] is None
+    assert cut_teacher["fit_seconds"] > cut["fit_seconds_before_resume"]
 
 
 def test_profiling_counts_what_the_call_allocates():

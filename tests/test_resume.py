@@ -81,6 +81,47 @@ def test_a_finished_run_resumed_trains_nothing_and_keeps_its_best_model(tiny_con
     assert open(result["checkpoint"], "rb").read() == before
 
 
+def _as_stopped_after_epoch_zero(path, **changes):
+    """Rewrite a finished run's last-epoch file as if its process had been stopped after epoch 0."""
+    state = load_checkpoint(path)
+    state.update(epoch=0, finished=False, **changes)
+    save_checkpoint(state, path)
+
+
+def test_a_resumed_training_counts_the_time_spent_before_the_stop(tiny_config):
+    """What ``fit`` took is carried in every checkpoint: a resumed training reports the earlier process's seconds
+    plus its own (here the earlier part is set to 1000 s, so that it cannot be confused with this process's)."""
+    result = run_recbole_compress("SASRec", config_dict=dict(tiny_config, epochs=2), read_cmd_line=False)
+    last = last_checkpoint_name(result["checkpoint"])
+    assert 0 < load_checkpoint(last)["fit_seconds"] < 1000
+    _as_stopped_after_epoch_zero(last, fit_seconds=1000.0)
+    run = build(make_config("SASRec", config_dict=dict(tiny_config, epochs=2, resume=last), read_cmd_line=False))
+    start = time.perf_counter()
+    run.trainer.fit(run.data.train, run.data.valid, saved=True)
+    took = time.perf_counter() - start
+    assert 1000 < run.trainer.fit_seconds() <= 1000 + took
+    assert load_checkpoint(last)["fit_seconds"] == pytest.approx(run.trainer.fit_seconds())
+
+
+def test_a_run_resumed_after_its_phases_finished_counts_their_time_too(tiny_config):
+    """A teacher-student run resumed from its own file loads its finished teacher instead of training it; the
+    teacher's seconds come from the run's checkpoint, and the run's time before the stop includes them."""
+    from recbole_compress.run import seconds_before_resume
+
+    cfg = dict(tiny_config, model="EODRec", hidden_size=8, inner_size=8, n_heads=2, num_codebooks=2,
+               codebook_size=8, teacher_epochs=1, epochs=2, code_fit_steps=5, embedding_size=None)
+    result = run_recbole_compress(config_dict=cfg, read_cmd_line=False)
+    last = last_checkpoint_name(result["checkpoint"])
+    teacher_seconds = load_checkpoint(last)["phase_seconds"]["teacher_"]
+    assert 0 < teacher_seconds < 500
+    _as_stopped_after_epoch_zero(last, fit_seconds=1000.0, phase_seconds={"teacher_": 500.0})
+    run = build(make_config(config_dict=dict(cfg, resume=last), read_cmd_line=False))
+    assert seconds_before_resume(run.trainer) == 1500.0
+    run.trainer.fit(run.data.train, run.data.valid, saved=True)
+    assert run.trainer.teacher_info["fit_seconds"] == 500.0 and not run.trainer.teacher_info["trained"]
+    assert load_checkpoint(last)["phase_seconds"] == {"teacher_": 500.0}
+
+
 def test_a_refused_resume_changes_nothing(tiny_config):
     cprec = run_recbole_compress("CpRec", config_dict=dict(tiny_config, epochs=1), read_cmd_line=False)["checkpoint"]
     before = open(cprec, "rb").read()

@@ -301,6 +301,7 @@ class AdaRecTrainer(StepLRMixin, DistillationTrainer):
                               f"{config['embedding_size']}, for up to {config['epochs']} epochs")
         start = time.time()
         trainer.fit(search.data.train, search.data.valid, verbose=verbose, saved=True, show_progress=show_progress)
+        self.phases.record_seconds("search_", trainer)
         self.search_trainer = trainer
         self._phase("search done", f"{time.time() - start:.0f}s, best valid {trainer.best_valid_score}, saved in "
                                    f"{trainer.saved_model_file}")

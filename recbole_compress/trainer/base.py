@@ -165,6 +165,9 @@ class CheckpointMixin:
         self._pending_rng = None
         self._fit_start_epoch = 0
         self._fit_started = time.time()
+        self.seconds_before_resume = 0.0  # what ``fit`` took in the process that wrote the resumed checkpoint
+        self._fit_clock = None  # perf_counter() when this process's ``fit`` started, while it runs
+        self._fit_elapsed = 0.0  # seconds this process's ``fit`` took, once it has returned
         self._train_data = None
         self._saved = False
         self.last_valid_result = None
@@ -193,6 +196,11 @@ class CheckpointMixin:
         self.epoch_seconds.append(time.perf_counter() - start)
         self.last_train_loss = loss
         return loss
+
+    def fit_seconds(self):
+        """Seconds ``fit`` has taken for this training so far, an earlier process's before a resume included."""
+        running = time.perf_counter() - self._fit_clock if self._fit_clock is not None else self._fit_elapsed
+        return self.seconds_before_resume + running
 
     def _log_progress(self, epoch_idx):
         """Overall progress at the start of an epoch: epochs done of the planned budget, elapsed time, and when the
@@ -241,6 +249,7 @@ class CheckpointMixin:
         """The dict written to a checkpoint file (plain data and tensors only). ``best``: written by RecBole right
         after a new best validation, before it records that validation's result."""
         generator = getattr(self._train_data, "generator", None)
+        phases = getattr(self, "phases", None)
         best_result = self.last_valid_result if best else self.best_valid_result
         return {
             "recbole_compress_version": __version__,
@@ -257,6 +266,8 @@ class CheckpointMixin:
             "best_model_file": self.saved_model_file,
             "item_fingerprint": self.item_fingerprint,
             "n_items": int(getattr(self.model, "n_items", 0) or 0),
+            "fit_seconds": float(self.fit_seconds()),
+            "phase_seconds": dict(phases.seconds) if phases is not None else {},
         }
 
     def _write(self, state, path, verbose, what):
@@ -293,15 +304,18 @@ class CheckpointMixin:
             self._pending_rng = None
         if self.start_epoch >= self.epochs:  # a resumed run that had finished: nothing to train, keep its best file
             return self.best_valid_score, self.best_valid_result
-        self._fit_started = time.time()
+        self._fit_started, self._fit_clock = time.time(), time.perf_counter()
         if verbose:
             self.logger.info(
                 set_color("budget", "blue") + f": {type(self.model).__name__}, epochs {self.start_epoch}.."
                 f"{self.epochs - 1} (epochs={self.epochs}), early stopping after {self.stopping_step} validations "
                 f"without improvement of {self.config['valid_metric']}, batch size {self.config['train_batch_size']}"
             )
-        result = super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
-                             callback_fn=callback_fn)
+        try:
+            result = super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
+                                 callback_fn=callback_fn)
+        finally:
+            self._fit_elapsed, self._fit_clock = time.perf_counter() - self._fit_clock, None
         if saved:
             self._save_last(self._last_epoch(), finished=True)
         return result
@@ -347,6 +361,9 @@ class CheckpointMixin:
         self.train_loss_dict = {int(k): v for k, v in (checkpoint.get("train_loss_dict") or {}).items()}
         self._resumed_fingerprint = checkpoint.get("item_fingerprint")
         self._pending_rng = checkpoint.get("rng")
+        self.seconds_before_resume = float(checkpoint.get("fit_seconds") or 0.0)  # absent in files before 2026-12-02
+        if getattr(self, "phases", None) is not None:
+            self.phases.restore_seconds(checkpoint.get("phase_seconds") or {})
         self.logger.info(f"Checkpoint {path} loaded. Resume training from epoch {self.start_epoch}")
 
     @torch.no_grad()
