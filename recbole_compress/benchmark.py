@@ -51,7 +51,8 @@ A plan file (YAML) names entries with their own settings::
 Optional model hooks: ``param_breakdown()`` (dict) and ``benchmark_report()`` (dict of extra figures) are recorded.
 A trainer with ``phase_checkpoints = {"teacher": path}`` (teacher-student models) adds the row ``<label>/teacher``,
 evaluated on the same test users; ``counterpart: teacher`` (or the model class's ``counterpart = "teacher"``)
-compares the student with it.
+compares the student with it. An entry's setting ``"@<label>"`` is that entry's checkpoint of the same seed, and
+``"@<label>/teacher"`` the teacher that entry trained in its run (an ablation distilled from the same teacher).
 """
 import argparse
 import copy
@@ -69,7 +70,9 @@ import torch
 import yaml
 
 from recbole_compress import properties_path
-from recbole_compress.benchmark_report import RESULTS_VERSION, references, row_labels, summarise, write_outputs
+from recbole_compress.benchmark_report import (
+    RESULTS_VERSION, referenced_entry, references, row_labels, summarise, write_outputs,
+)
 from recbole_compress.checkpoint import to_plain
 from recbole_compress.commandline import parse_value, quiet_known_noise
 from recbole_compress.errors import ConfigError
@@ -171,7 +174,7 @@ def _keep_only(plan, labels):
         if label in keep or label not in by_label:  # e.g. the counterpart '<label>/teacher' is a row, not an entry
             continue
         keep.add(label)
-        todo += [by_label[label]["counterpart"]] + list(references(by_label[label]).values())
+        todo += [by_label[label]["counterpart"]] + [referenced_entry(r) for r in references(by_label[label]).values()]
     plan["entries"] = [e for e in plan["entries"] if e["label"] in keep]
 
 
@@ -588,6 +591,16 @@ def with_checkpoints(entry, seed, results):
     return entry
 
 
+def _in_run_teacher_rows(plan):
+    """``<label>/teacher`` of every entry that trains its teacher in the run (no ``@`` teacher of its own)."""
+    rows = set()
+    for entry in plan["entries"]:
+        trains_teacher = any(p.prefix == "teacher_" for p in getattr(get_model(entry["model"]), "phases", ()))
+        if trains_teacher and not entry["config"].get("teacher_checkpoint"):
+            rows.add(f"{entry['label']}/teacher")
+    return rows
+
+
 def check_plan(plan, output_dir):
     """Every entry's configuration, checked before the first one trains (an ``@label`` reference must name an
     entry of the plan; the checkpoint it will resolve to is checked when it exists)."""
@@ -597,13 +610,13 @@ def check_plan(plan, output_dir):
 
     check_override_keys([e["model"] for e in plan["entries"]], plan["config"],
                         strict=plan["config"].get("strict_config_keys", True) is not False)
-    labels = {e["label"] for e in plan["entries"]}
+    labels = {e["label"] for e in plan["entries"]} | _in_run_teacher_rows(plan)
     for entry in plan["entries"]:
         refs = references(entry)
         unknown = sorted(set(refs.values()) - labels)
         if unknown:
             raise ConfigError(f"entry {entry['label']!r} refers to {', '.join('@' + u for u in unknown)}, not an "
-                              f"entry of the plan")
+                              f"entry of the plan or the in-run teacher of one")
         checked = dict(entry, config={k: v for k, v in entry["config"].items() if k not in refs})
         config = make_config(entry["model"], plan["dataset"], plan["config_files"] or None,
                              entry_config(plan, checked, plan["seeds"][0], output_dir), read_cmd_line=False)

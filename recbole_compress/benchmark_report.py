@@ -16,8 +16,15 @@ RESULTS_VERSION = 2
 
 def references(entry):
     """``{key: label}`` of an entry's settings that name another entry's checkpoint of the same seed, written
-    ``"@<label>"`` (e.g. ``codebook_teacher: "@SASRec"``: codes fitted to the plain SASRec trained with that seed)."""
+    ``"@<label>"`` (e.g. ``codebook_teacher: "@SASRec"``: codes fitted to the plain SASRec trained with that seed),
+    or its in-run teacher's, written ``"@<label>/teacher"`` (``teacher_checkpoint: "@EODRec/teacher"``: an
+    ablation distilled from the teacher that entry trained, not from a teacher of its own)."""
     return {k: v[1:] for k, v in (entry.get("config") or {}).items() if isinstance(v, str) and v.startswith("@")}
+
+
+def referenced_entry(label):
+    """The entry that trains a referenced row: ``<label>`` for ``<label>/teacher``, else the label itself."""
+    return label[: -len("/teacher")] if label.endswith("/teacher") else label
 
 
 def teacher_entry(entry):

@@ -206,6 +206,44 @@ def test_an_entry_can_take_another_entrys_checkpoint_of_the_same_seed(tiny_data_
         assert student["codebook_teacher"] == runs[f"SASRec@{seed}"]["checkpoint"]
 
 
+def test_an_ablation_can_distil_from_another_entrys_in_run_teacher(tiny_data_path, tmp_path, capsys):
+    """``teacher_checkpoint: "@EODRec/teacher"``: an ablation entry takes the teacher EODRec trained in its own run
+    (same seed) instead of training one, and is compared with that teacher's row; a reference to the teacher of an
+    entry that trains none is refused before anything trains."""
+    import yaml
+
+    from recbole_compress.checkpoint import load_checkpoint
+
+    tiny = {"hidden_size": 8, "inner_size": 8, "n_heads": 2, "num_codebooks": 2, "codebook_size": 8,
+            "code_fit_steps": 5, "teacher_epochs": 1}
+    plan = {"dataset": "tiny", "seeds": [2020], "epochs": 1,
+            "config": {"load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "MAX_ITEM_LIST_LENGTH": 10,
+                       "state": "ERROR", "train_batch_size": 64},
+            "entries": [{"label": "EODRec", "model": "EODRec", "config": tiny},
+                        {"label": "EODRec-no-repair", "model": "EODRec",
+                         "config": dict(tiny, code_collision_handling="none",
+                                        teacher_checkpoint="@EODRec/teacher")}]}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    out = tmp_path / "out"
+    args = ["--plan", str(tmp_path / "plan.yaml"), "--data_path", tiny_data_path, "--output_dir", str(out),
+            "--infer_batch_users", "16", "--infer_batches", "1", "--repeats", "1"]
+    assert main(args) == 0
+    results = json.load(open(out / "results.json"))
+    runs, rows = results["runs"], {r["label"]: r for r in results["summary"]}
+    teacher = runs["EODRec/teacher@2020"]["checkpoint"]
+    assert load_checkpoint(runs["EODRec-no-repair@2020"]["checkpoint"])["config"]["teacher_checkpoint"] == teacher
+    assert not [f for f in os.listdir(out / "checkpoints" / "EODRec-no-repair@2020") if f.startswith("EODRecTeacher")]
+    assert rows["EODRec-no-repair"]["counterpart"] == "EODRec/teacher" and "EODRec-no-repair/teacher" not in rows
+
+    plan["entries"][0]["model"] = "SASRec"  # an entry without an in-run teacher
+    plan["entries"][0]["config"] = {"hidden_size": 8}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    capsys.readouterr()
+    assert main(args[:4] + ["--output_dir", str(tmp_path / "refused")]) == 2
+    assert "refers to @EODRec/teacher, not an entry of the plan or the in-run teacher of one" in capsys.readouterr().err
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+
+
 def test_a_teacher_loaded_from_a_given_checkpoint_is_not_reported_as_not_converged():
     """A student whose teacher is another entry's checkpoint (``teacher_checkpoint: "@teacher"``) gets a teacher row
     that was loaded, not trained: the table says so instead of 'not converged'; a trained row ended by the epoch cap
