@@ -1,15 +1,19 @@
 """The benchmark harness on two tiny models: table, JSON, PNG, ratios, and resuming without retraining."""
+import glob
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from recbole_compress.benchmark import main
 from recbole_compress.checkpoint import load_checkpoint
 from recbole_compress.intervals import ndcg_from_ranks
 from recbole_compress.profiling import count_parameters, peak_memory, state_dict_bytes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _args(tiny_data_path, out, *extra):
@@ -185,7 +189,6 @@ def test_profiling_counts_what_the_call_allocates():
 def test_an_entry_can_take_another_entrys_checkpoint_of_the_same_seed(tiny_data_path, tmp_path):
     """``codebook_teacher: "@SASRec"``: the codes of SASRec-codebook are fitted to the plain SASRec of each seed,
     trained first."""
-    import yaml
 
     from recbole_compress.checkpoint import load_checkpoint
 
@@ -210,7 +213,6 @@ def test_an_ablation_can_distil_from_another_entrys_in_run_teacher(tiny_data_pat
     """``teacher_checkpoint: "@EODRec/teacher"``: an ablation entry takes the teacher EODRec trained in its own run
     (same seed) instead of training one, and is compared with that teacher's row; a reference to the teacher of an
     entry that trains none is refused before anything trains."""
-    import yaml
 
     from recbole_compress.checkpoint import load_checkpoint
 
@@ -242,6 +244,23 @@ def test_an_ablation_can_distil_from_another_entrys_in_run_teacher(tiny_data_pat
     assert main(args[:4] + ["--output_dir", str(tmp_path / "refused")]) == 2
     assert "refers to @EODRec/teacher, not an entry of the plan or the in-run teacher of one" in capsys.readouterr().err
     assert not (tmp_path / "refused" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("plan_file", sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.yaml"))),
+                         ids=os.path.basename)
+def test_every_shipped_plan_passes_the_checks_made_before_training(plan_file, tmp_path):
+    """Each plan under benchmarks/ builds and passes every check the benchmark makes before its first training (keys,
+    values, ``@`` references, counterparts), on a stand-in dataset under its dataset's name (a catalogue of about a
+    thousand items, so that the checks against the item count see a real-sized table)."""
+    from conftest import write_tiny_dataset
+
+    from recbole_compress.benchmark import build_parser, build_plan, check_plan
+
+    dataset = yaml.safe_load(open(plan_file)).get("dataset", "ml-100k")
+    if dataset != "ml-100k":
+        write_tiny_dataset(str(tmp_path), name=dataset, n_users=200, n_items=1000)
+    args, extra = build_parser().parse_known_args(["--plan", plan_file, "--data_path", str(tmp_path)])
+    check_plan(build_plan(args, extra), str(tmp_path / "out"))
 
 
 def test_a_teacher_loaded_from_a_given_checkpoint_is_not_reported_as_not_converged():
@@ -301,7 +320,6 @@ def test_a_student_of_a_teacher_entry_is_compared_with_that_entry_without_a_repe
 def test_a_plan_wide_teacher_counterpart_applies_only_to_models_with_a_teacher(tmp_path):
     """``counterpart: teacher`` for a whole plan: a student is compared with its own teacher row, while the plan's
     teacher entry (a model without a teacher) has no counterpart, not a row ``teacher/teacher`` that never exists."""
-    import yaml
 
     from recbole_compress.benchmark import build_parser, build_plan
 
