@@ -252,17 +252,26 @@ def defaults_digest(config):
     for key in getattr(model, "config_keys", ()):
         if key.name in internal and key.is_neutral(internal[key.name]):
             del internal[key.name]
-    revisions = [getattr(owner, "results_revision", 0) for owner in (model, get_trainer(model.type, model))]
+    revisions = results_revisions(model)
     if any(revisions):
         internal["results_revision"] = revisions
     return hashlib.sha256(json.dumps(internal, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def results_revisions(model):
+    """``[model's, trainer's]`` ``results_revision`` (0 where a class declares none)."""
+    model = get_model(model)
+    return [getattr(owner, "results_revision", 0) for owner in (model, get_trainer(model.type, model))]
+
+
 def same_defaults(record, entry):
-    """A record is usable for an entry unless both know their defaults and they differ (records written before
-    defaults were recorded are taken as they are)."""
+    """A record is usable for an entry unless both know their defaults and they differ. A record written before
+    defaults were recorded is taken as it is, unless a fix has revised the entry's model's results since
+    (``results_revision``): it predates the fix."""
     ours, theirs = entry.get("defaults_digest"), record.get("defaults_digest")
-    return ours is None or theirs is None or ours == theirs
+    if theirs is None:
+        return not any(results_revisions(entry["model"]))
+    return ours is None or ours == theirs
 
 
 # ----------------------------------------------------------------------------------------------------------------

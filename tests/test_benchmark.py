@@ -465,6 +465,18 @@ def test_a_results_revision_makes_the_trainings_before_a_fix_stale_and_only_that
     assert defaults_digest(adarec) not in (now, before_fix)
 
 
+def test_a_record_older_than_the_defaults_digest_is_not_reused_for_a_revised_model():
+    """Records written before the benchmark recorded defaults (no ``defaults_digest``) predate every results
+    revision: they are reused for a model whose results were never revised, not for AdaRec (revised by a fix)."""
+    from recbole_compress.benchmark import same_defaults
+
+    old = {"defaults_digest": None}
+    assert same_defaults(old, {"model": "SASRec", "defaults_digest": "abc"})
+    assert not same_defaults(old, {"model": "AdaRec", "defaults_digest": "abc"})
+    assert same_defaults({"defaults_digest": "abc"}, {"model": "AdaRec", "defaults_digest": "abc"})
+    assert not same_defaults({"defaults_digest": "abd"}, {"model": "AdaRec", "defaults_digest": "abc"})
+
+
 def test_jobs_1_trains_at_one_thread_too(monkeypatch):
     """``--jobs 1`` trains in the benchmark's own process: at one thread, as a ``--jobs 2`` worker does (the
     protocol's "one thread per training"), and the process's thread count is back afterwards for the timing."""
