@@ -71,7 +71,7 @@ import yaml
 
 from recbole_compress import properties_path
 from recbole_compress.benchmark_report import (
-    RESULTS_VERSION, referenced_entry, references, row_labels, summarise, write_outputs,
+    RESULTS_VERSION, counterpart_row, referenced_entry, references, row_labels, summarise, write_outputs,
 )
 from recbole_compress.checkpoint import to_plain
 from recbole_compress.commandline import parse_value, quiet_known_noise
@@ -533,8 +533,10 @@ def measure(plan, runs, repeats=5):
 
         return run
 
-    # every row's own time, interleaved with its counterpart's on the same users
-    counterpart_of = {r["label"]: r.get("counterpart") for r in rows}
+    # every row's own time, interleaved with its counterpart's (the row the table compares it with) on the same users
+    entries = {e["label"]: e for e in plan["entries"]}
+    counterpart_of = {r["label"]: counterpart_row(entries[r["label"]]) if r["label"] in entries
+                      else r.get("counterpart") for r in rows}
     for label, item in loaded.items():
         cp = counterpart_of.get(label)
         fns = {label: predictor(item)}

@@ -52,7 +52,7 @@ def labels_in_order(plan, runs):
     return [label for label in row_labels(plan) if label in entries or label in present]
 
 
-def _counterpart(entry):
+def counterpart_row(entry):
     """An entry's counterpart row: its own, unless that is the repeat of a teacher entry (see ``teacher_entry``)."""
     cp = entry.get("counterpart")
     if cp is not None and cp == f"{entry['label']}/teacher" and teacher_entry(entry) is not None:
@@ -118,7 +118,7 @@ def summarise(plan, runs, measured):
     for label in labels_in_order(plan, runs):
         recs = sorted(by_label.get(label, []), key=lambda r: r["seed"])
         if recs:
-            rows[label] = _base_row(label, recs, _counterpart(entries.get(label, {})))
+            rows[label] = _base_row(label, recs, counterpart_row(entries.get(label, {})))
             rows[label].update(measured.get(label, {}))
     for label, row in rows.items():
         cp = rows.get(row.get("counterpart"))

@@ -236,6 +236,7 @@ def test_an_ablation_can_distil_from_another_entrys_in_run_teacher(tiny_data_pat
     assert load_checkpoint(runs["EODRec-no-repair@2020"]["checkpoint"])["config"]["teacher_checkpoint"] == teacher
     assert not [f for f in os.listdir(out / "checkpoints" / "EODRec-no-repair@2020") if f.startswith("EODRecTeacher")]
     assert rows["EODRec-no-repair"]["counterpart"] == "EODRec/teacher" and "EODRec-no-repair/teacher" not in rows
+    assert rows["EODRec-no-repair"]["infer_ratio"] > 0  # timed against the row it is compared with
 
     plan["entries"][0]["model"] = "SASRec"  # an entry without an in-run teacher
     plan["entries"][0]["config"] = {"hidden_size": 8}
