@@ -133,6 +133,10 @@ def _plan_from_args(args, extra):
     return plan
 
 
+def _has_teacher_phase(model):
+    return any(p.prefix == "teacher_" for p in getattr(model, "phases", ()))
+
+
 def _resolve_entries(plan):
     entries = plan.get("entries") or []
     if not entries:
@@ -156,8 +160,7 @@ def _resolve_entries(plan):
             if cp not in labels and cp != "teacher":
                 cp = default_cp
         if cp == "teacher":  # its in-run teacher's row; nothing for a model without a teacher (e.g. the teacher)
-            has_teacher = any(p.prefix == "teacher_" for p in getattr(model, "phases", ()))
-            cp = f"{entry['label']}/teacher" if has_teacher else entry["label"]
+            cp = f"{entry['label']}/teacher" if _has_teacher_phase(model) else entry["label"]
         entry["counterpart"] = cp
 
 
@@ -606,8 +609,7 @@ def _in_run_teacher_rows(plan):
     """``<label>/teacher`` of every entry that trains its teacher in the run (no ``@`` teacher of its own)."""
     rows = set()
     for entry in plan["entries"]:
-        trains_teacher = any(p.prefix == "teacher_" for p in getattr(get_model(entry["model"]), "phases", ()))
-        if trains_teacher and not entry["config"].get("teacher_checkpoint"):
+        if _has_teacher_phase(get_model(entry["model"])) and not entry["config"].get("teacher_checkpoint"):
             rows.add(f"{entry['label']}/teacher")
     return rows
 
