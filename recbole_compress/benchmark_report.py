@@ -214,12 +214,12 @@ def write_outputs(plan, runs, rows, output_dir, command, test_users=None, note=N
                if not r.get("teacher_of") and r["label"] in labels and r.get("seed") in plan["seeds"]]
     hours = sum(r.get("fit_seconds") or 0 for r in counted) / 3600
     resumed = [r for r in counted if r.get("resumed_from")]
-    # a training resumed from a checkpoint written before 2026-12-02 does not know its time before the stop
-    unknown = sum(1 for r in resumed if r.get("fit_seconds_before_resume") is None)
-    hours_note = f" ({len(resumed)} of them continued after a stop" if resumed else ""
-    if unknown:
-        hours_note += f"; {unknown} from files that did not record the time before it, counted after it only"
-    hours_note += ")" if resumed else ""
+    hours_note = ""
+    if resumed:  # a training resumed from a file written before 2026-12-02 does not know its time before the stop
+        unknown = sum(1 for r in resumed if r.get("fit_seconds_before_resume") is None)
+        untimed = f"; {unknown} from files that did not record the time before it, counted after it only" \
+            if unknown else ""
+        hours_note = f" ({len(resumed)} of them continued after a stop{untimed})"
     text = (
         f"# Benchmark: {plan['name']} (dataset {plan['dataset']})\n\nCommand: `{command}`"
         + (f" {note}" if note else "") + f"\n\n{budget}; training "

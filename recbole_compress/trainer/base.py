@@ -164,7 +164,6 @@ class CheckpointMixin:
         self._resumed_fingerprint = None
         self._pending_rng = None
         self._fit_start_epoch = 0
-        self._fit_started = time.time()
         self.seconds_before_resume = 0.0  # what ``fit`` took in the process that wrote the resumed checkpoint
         self._fit_clock = None  # perf_counter() when this process's ``fit`` started, while it runs
         self._fit_elapsed = 0.0  # seconds this process's ``fit`` took, once it has returned
@@ -206,7 +205,7 @@ class CheckpointMixin:
         """Overall progress at the start of an epoch: epochs done of the planned budget, elapsed time, and when the
         budget would end at this pace (early stopping may end it sooner)."""
         done = epoch_idx - self._fit_start_epoch
-        elapsed = time.time() - self._fit_started
+        elapsed = time.perf_counter() - self._fit_clock
         left = (self.epochs - epoch_idx) * elapsed / done
         end = time.strftime("%H:%M", time.localtime(time.time() + left))
         self.logger.info(
@@ -304,7 +303,7 @@ class CheckpointMixin:
             self._pending_rng = None
         if self.start_epoch >= self.epochs:  # a resumed run that had finished: nothing to train, keep its best file
             return self.best_valid_score, self.best_valid_result
-        self._fit_started, self._fit_clock = time.time(), time.perf_counter()
+        self._fit_clock = time.perf_counter()
         if verbose:
             self.logger.info(
                 set_color("budget", "blue") + f": {type(self.model).__name__}, epochs {self.start_epoch}.."
