@@ -166,6 +166,7 @@ class CheckpointMixin:
         self._fit_start_epoch = 0
         self.seconds_before_resume = 0.0  # what ``fit`` took in the process that wrote the resumed checkpoint
         self._fit_clock = None  # perf_counter() when this process's ``fit`` started, while it runs
+        self._fit_elapsed = 0.0  # what this process's ``fit`` took, once it has returned
         self._fit_elapsed = 0.0  # seconds this process's ``fit`` took, once it has returned
         self._train_data = None
         self._saved = False
@@ -189,7 +190,8 @@ class CheckpointMixin:
         if epoch_idx > self._fit_start_epoch:
             if self._saved:
                 self._save_last(epoch_idx - 1)  # the previous epoch is complete (validation, early stopping included)
-            self._log_progress(epoch_idx)
+            if self._fit_clock is not None:  # inside ``fit`` (an epoch run on its own has no budget to report)
+                self._log_progress(epoch_idx)
         start = time.perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
         self.epoch_seconds.append(time.perf_counter() - start)
