@@ -51,8 +51,8 @@ def composite_table(x, m, k, steps, seed):
         layer.set_codes(torch.cat([codes[:1] * 0, codes]))
         before = layer.statistics()
         repaired, info = resolve_collisions(codes, layer.codebooks, x[1:], generator=generator)
-        books = fit_codebooks(repaired, x[1:], k)
-        table = torch.cat([x[:1] * 0, (books[torch.arange(m), repaired]).sum(1)])
+        layer.codebooks.copy_(fit_codebooks(repaired, x[1:], k))
+        table = torch.cat([x[:1] * 0, layer.lookup(repaired)])
     centred = x[1:] - x[1:].mean(0)
     error = float(((table - x)[1:] ** 2).sum(-1).mean() / (centred ** 2).sum(-1).mean())
     return table, {"fit_mse": [fit["first_mse"], fit["last_mse"]], "items_sharing_a_code_before_repair":
