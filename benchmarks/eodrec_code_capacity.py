@@ -20,6 +20,7 @@ from recbole.trainer import Trainer
 
 from recbole_compress.model.layers.code_assignment import fit_codebooks, resolve_collisions
 from recbole_compress.model.layers.code_encoder import GumbelCodeEncoder, fit_codes
+from recbole_compress.model.item_compression import CODE_FIT
 from recbole_compress.model.layers.codebook_embedding import CodebookEmbedding, paper_compression_ratio
 from recbole_compress.profiling import report_json
 from recbole_compress.quick_start import load_data_and_model
@@ -44,8 +45,8 @@ def composite_table(x, m, k, steps, seed):
     encoder = GumbelCodeEncoder(d, m, k)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    fit = fit_codes(encoder, layer, x[1:], steps, lr=0.01, tau=0.3, tau_start=1.0, batch_size=4096,
-                    generator=generator)
+    fit = fit_codes(encoder, layer, x[1:], steps, lr=CODE_FIT["lr"], tau=CODE_FIT["tau"],
+                    tau_start=CODE_FIT["tau_start"], batch_size=CODE_FIT["batch_size"], generator=generator)
     with torch.no_grad():
         codes = encoder.codes(x[1:])
         layer.set_codes(torch.cat([codes[:1] * 0, codes]))
@@ -64,7 +65,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher_checkpoint", required=True, help="a trained teacher (its item table is fitted)")
     parser.add_argument("--sizes", default="4x32,4x64,4x256,2x256,8x32", help="comma-separated MxK code sizes")
-    parser.add_argument("--steps", type=int, default=2000, help="code-fitting updates (code_fit_steps)")
+    parser.add_argument("--steps", type=int, default=CODE_FIT["steps"], help="code-fitting updates (code_fit_steps)")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)

@@ -166,7 +166,6 @@ class CheckpointMixin:
         self._fit_start_epoch = 0
         self.seconds_before_resume = 0.0  # what ``fit`` took in the process that wrote the resumed checkpoint
         self._fit_clock = None  # perf_counter() when this process's ``fit`` started, while it runs
-        self._fit_elapsed = 0.0  # what this process's ``fit`` took, once it has returned
         self._fit_elapsed = 0.0  # seconds this process's ``fit`` took, once it has returned
         self._train_data = None
         self._saved = False
