@@ -267,6 +267,11 @@ def results_revisions(model):
     return [getattr(owner, "results_revision", 0) for owner in (model, get_trainer(model.type, model))]
 
 
+def without_checkpoint(record):
+    """A training reused from another plan's results for its accuracy only: its checkpoint is not on this machine."""
+    return bool(record.get("reused_from")) and record.get("checkpoint") is None
+
+
 def same_defaults(record, entry):
     """A record is usable for an entry unless both know their defaults and they differ. A record written before
     defaults were recorded is taken as it is, unless a fix has revised the entry's model's results since
@@ -589,8 +594,10 @@ def build_parser():
                    help="write the table and plots again from the results folder, without training or timing (the "
                         "timing of the last full run is kept), e.g. after the report itself changed")
     p.add_argument("--reuse_from", action="append", default=[],
-                   help="another plan's results folder: its finished (entry, seed) trainings with the same label and "
-                        "settings are used, not trained again (repeatable)")
+                   help="another plan's results folder or results file (e.g. a committed docs/benchmarks/<plan>.json): "
+                        "its finished (entry, seed) trainings with the same label and settings are used, not trained "
+                        "again; one whose checkpoint is not on this machine gives its accuracy but is not timed "
+                        "(repeatable)")
     return p
 
 
@@ -648,31 +655,41 @@ class Results:
                 saved = json.load(f)
             self.runs, self.test_users = saved.get("runs", {}), saved.get("test_users")
 
-    def reuse(self, folder, plan):
-        """Finished trainings of another results folder whose label and settings match an entry of this plan."""
-        path = os.path.join(folder, "results.json")
+    def reuse(self, source, plan):
+        """Finished trainings of another plan's results (its folder, or a results file such as a committed
+        ``docs/benchmarks/<plan>.json``) whose label and settings match an entry of this plan. A training whose
+        checkpoint is not on this machine is reused for its accuracy only (it is not timed), unless an entry of this
+        plan takes its checkpoint (``"@label"``): that one trains again."""
+        path = source if os.path.isfile(source) else os.path.join(source, "results.json")
         if not os.path.isfile(path):
-            raise ConfigError(f"--reuse_from={folder!r}: no results.json there")
+            raise ConfigError(f"--reuse_from={source!r}: neither a results file nor a folder with results.json")
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
         wanted = {settings_hash(plan, e): e for e in plan["entries"]}
+        taken = {label.split("/")[0] for e in plan["entries"] for label in references(e).values()}
         reused = 0
         for key, run in saved.get("runs", {}).items():
             owner = run.get("teacher_of") or run["label"]
             entry = wanted.get(run.get("settings_hash"))
-            if (entry is not None and entry["label"] == owner and same_defaults(run, entry) and not run.get("error")
-                    and key not in self.runs):
-                if self.test_users is None:
-                    self.test_users = saved.get("test_users")
-                if saved.get("test_users") == self.test_users:
-                    self.runs[key] = run
-                    reused += 1
+            if (entry is None or entry["label"] != owner or not same_defaults(run, entry) or run.get("error")
+                    or key in self.runs):
+                continue
+            if not os.path.isfile(run.get("checkpoint") or ""):
+                if owner in taken:
+                    continue
+                run = dict(run, checkpoint=None, reused_from=path)
+            if self.test_users is None:
+                self.test_users = saved.get("test_users")
+            if saved.get("test_users") == self.test_users:
+                self.runs[key] = run
+                reused += 1
         return reused
 
     def done(self, key, digest, entry):
         run = self.runs.get(key)
-        return bool(run and run.get("settings_hash") == digest and same_defaults(run, entry) and not run.get("error")
-                    and os.path.isfile(run.get("checkpoint", "")))
+        if not (run and run.get("settings_hash") == digest and same_defaults(run, entry) and not run.get("error")):
+            return False
+        return os.path.isfile(run.get("checkpoint") or "") or without_checkpoint(run)
 
     def add(self, entry, seed, digest, records, users):
         if self.test_users is None:
@@ -707,7 +724,9 @@ def train_all(plan, results, output_dir, jobs):
         for seed in plan["seeds"]:
             key = f"{entry['label']}@{seed}"
             if results.done(key, digest, entry):
-                print(f"[benchmark] {key}: done in an earlier run, reused", flush=True)
+                how = " (accuracy only: its checkpoint is not here, so it is not timed)" \
+                    if without_checkpoint(results.runs[key]) else ""
+                print(f"[benchmark] {key}: done in an earlier run, reused{how}", flush=True)
             else:
                 todo.append((entry, seed, digest))
     failures = []
@@ -821,6 +840,12 @@ def main(argv=None):
     if not args.report_only:
         print("[benchmark] measuring inference time and memory", flush=True)
         measured = measure(plan, good, repeats=args.repeats)
+    untimed = sorted({r["label"] for r in good.values() if without_checkpoint(r) and r["seed"] == plan["seeds"][0]})
+    if untimed:
+        sources = sorted({os.path.relpath(r["reused_from"]) for r in good.values() if without_checkpoint(r)})
+        note = (f"{note} " if note else "") + (
+            f"Not timed, reused for their accuracy from {', '.join(sources)} without their checkpoints: "
+            f"{', '.join(untimed)}.")
     rows = summarise(plan, good, measured)
     text = write_outputs(plan, results.runs, rows, output_dir, command, results.test_users, note=note)
     print(text)

@@ -493,3 +493,51 @@ def test_jobs_1_trains_at_one_thread_too(monkeypatch):
         assert seen == [1, 1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_committed_results_file_gives_its_accuracy_without_its_checkpoints(tiny_data_path, tmp_path, capsys):
+    """``--reuse_from docs/benchmarks/<plan>.json``: a training recorded in a committed results file, whose
+    checkpoint is not on this machine, counts for accuracy (not trained again, compared with the new rows on the same
+    users) but is not timed; an entry that takes its checkpoint ("@label") trains it again."""
+    first = tmp_path / "first"
+    sasrec_only = _args(tiny_data_path, first, "--seeds", "2020")
+    sasrec_only[sasrec_only.index("--models") + 1] = "SASRec"
+    sasrec_only = [a for a in sasrec_only if not a.startswith("--embedding_size")]
+    assert main(sasrec_only) == 0
+    committed = tmp_path / "committed.json"
+    committed.write_text((first / "results.json").read_text())
+    import shutil
+    shutil.rmtree(first)  # a new checkout: the committed file is all that is left
+    capsys.readouterr()
+
+    out = tmp_path / "second"
+    assert main(_args(tiny_data_path, out, "--seeds", "2020", "--reuse_from", str(committed))) == 0
+    printed = capsys.readouterr().out
+    assert "SASRec@2020: done in an earlier run, reused (accuracy only" in printed
+    assert "SASRec@2020: training" not in printed and "GRU4Rec@2020: training" in printed
+    results = json.load(open(out / "results.json"))
+    rows = {r["label"]: r for r in results["summary"]}
+    old = json.load(open(committed))["runs"]["SASRec@2020"]
+    assert rows["SASRec"]["ndcg@10"] == pytest.approx(old["test_result"]["ndcg@10"])
+    assert "infer_ms_per_batch" not in rows["SASRec"] and rows["GRU4Rec"]["infer_ms_per_batch"] > 0
+    assert rows["GRU4Rec"]["ndcg@10_ratio_ci_low"] <= rows["GRU4Rec"]["ndcg@10_ratio"]
+    assert "Not timed, reused for their accuracy" in (out / "results.md").read_text()
+    # the same folder again, without --reuse_from: the reused record stays done
+    assert main(_args(tiny_data_path, out, "--seeds", "2020")) == 0
+    assert ": training" not in capsys.readouterr().out
+
+    # an entry that takes SASRec's checkpoint makes SASRec train again
+    plan = {"dataset": "tiny", "seeds": [2020], "epochs": 2,
+            "config": {"load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "hidden_size": 8,
+                       "inner_size": 16, "MAX_ITEM_LIST_LENGTH": 10, "state": "ERROR",
+                       "train_batch_size": 64},
+            "entries": [{"label": "SASRec", "model": "SASRec"},
+                        {"label": "SASRec-codebook", "model": "SASRec",
+                         "config": {"item_compression": "codebook", "num_codebooks": 2, "codebook_size": 4,
+                                    "codebook_teacher": "@SASRec"}}]}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    assert main(["--plan", str(tmp_path / "plan.yaml"), "--data_path", tiny_data_path, "--output_dir",
+                 str(tmp_path / "third"), "--infer_batch_users", "16", "--infer_batches", "1", "--repeats", "1",
+                 "--reuse_from", str(committed)]) == 0
+    printed = capsys.readouterr().out
+    assert "0 finished trainings reused" in printed and "SASRec@2020: training" in printed
