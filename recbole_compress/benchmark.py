@@ -268,8 +268,25 @@ def results_revisions(model):
 
 
 def without_checkpoint(record):
-    """A training reused from another plan's results for its accuracy only: its checkpoint is not on this machine."""
+    """A training reused from another plan's results without its checkpoint, which is not on this machine."""
     return bool(record.get("reused_from")) and record.get("checkpoint") is None
+
+
+def earlier_timing(saved, run, plan):
+    """The timing and memory figures that the run which wrote ``saved`` measured for ``run``'s row (a plan times its
+    first seed only), without the inference ratio unless that run timed it against the counterpart this plan gives
+    the row; None if it has none."""
+    if run.get("seed") != (saved.get("plan") or {}).get("seeds", [None])[0]:
+        return None
+    row = next((r for r in saved.get("summary") or [] if r["label"] == run["label"]), None)
+    if row is None:
+        return None
+    timing = {k: row[k] for k in MEASURED_KEYS if k in row}
+    entries = {e["label"]: e for e in plan["entries"]}
+    ours = counterpart_row(entries[run["label"]]) if run["label"] in entries else run.get("counterpart")
+    if row.get("counterpart") != ours:
+        timing.pop("infer_ratio", None)
+    return timing or None
 
 
 def same_defaults(record, entry):
@@ -596,8 +613,8 @@ def build_parser():
     p.add_argument("--reuse_from", action="append", default=[],
                    help="another plan's results folder or results file (e.g. a committed docs/benchmarks/<plan>.json): "
                         "its finished (entry, seed) trainings with the same label and settings are used, not trained "
-                        "again; one whose checkpoint is not on this machine gives its accuracy but is not timed "
-                        "(repeatable)")
+                        "again; one whose checkpoint is not on this machine gives its accuracy and the timing that run "
+                        "measured, if any (repeatable)")
     return p
 
 
@@ -658,8 +675,8 @@ class Results:
     def reuse(self, source, plan):
         """Finished trainings of another plan's results (its folder, or a results file such as a committed
         ``docs/benchmarks/<plan>.json``) whose label and settings match an entry of this plan. A training whose
-        checkpoint is not on this machine is reused for its accuracy only (it is not timed), unless an entry of this
-        plan takes its checkpoint (``"@label"``): that one trains again."""
+        checkpoint is not on this machine is reused for its accuracy and for the timing that run measured (if any),
+        unless an entry of this plan takes its checkpoint (``"@label"``): that one trains again."""
         path = source if os.path.isfile(source) else os.path.join(source, "results.json")
         if not os.path.isfile(path):
             raise ConfigError(f"--reuse_from={source!r}: neither a results file nor a folder with results.json")
@@ -677,13 +694,19 @@ class Results:
             if not os.path.isfile(run.get("checkpoint") or ""):
                 if owner in taken:
                     continue
-                run = dict(run, checkpoint=None, reused_from=path)
+                run = dict(run, checkpoint=None, reused_from=path, reused_timing=earlier_timing(saved, run, plan))
             if self.test_users is None:
                 self.test_users = saved.get("test_users")
             if saved.get("test_users") == self.test_users:
                 self.runs[key] = run
                 reused += 1
         return reused
+
+    def timings(self, seed):
+        """``{label: timing figures}`` of the trainings of ``seed`` reused without their checkpoints, as the run that
+        wrote their results measured them."""
+        return {r["label"]: r["reused_timing"] for r in self.runs.values()
+                if r.get("seed") == seed and without_checkpoint(r) and r.get("reused_timing")}
 
     def done(self, key, digest, entry):
         run = self.runs.get(key)
@@ -724,7 +747,7 @@ def train_all(plan, results, output_dir, jobs):
         for seed in plan["seeds"]:
             key = f"{entry['label']}@{seed}"
             if results.done(key, digest, entry):
-                how = " (accuracy only: its checkpoint is not here, so it is not timed)" \
+                how = " (its checkpoint is not here: accuracy and any earlier timing only)" \
                     if without_checkpoint(results.runs[key]) else ""
                 print(f"[benchmark] {key}: done in an earlier run, reused{how}", flush=True)
             else:
@@ -797,6 +820,28 @@ def earlier_measurements(path, command):
     return measured, saved.get("command") or command
 
 
+def _note_reused_without_checkpoints(plan, good, results, measured, note):
+    """Adds to ``measured`` the earlier timing of the rows reused without their checkpoints, and says so in the
+    table's note (with the rows that have none)."""
+    seed = plan["seeds"][0]
+    reused = {r["label"]: r for r in good.values() if without_checkpoint(r) and r["seed"] == seed}
+    if not reused:
+        return note
+    earlier = results.timings(seed)
+    for label in reused:
+        if label in earlier and not measured.get(label):
+            measured[label] = dict(earlier[label])
+    sources = ", ".join(sorted({os.path.relpath(r["reused_from"]) for r in reused.values()}))
+    timed = sorted(label for label in reused if label in earlier)
+    untimed = sorted(label for label in reused if label not in earlier)
+    said = [f"Reused for their accuracy from {sources}, without their checkpoints:"]
+    if timed:
+        said.append(f"{', '.join(timed)} with the timing that run measured;")
+    if untimed:
+        said.append(f"not timed: {', '.join(untimed)}.")
+    return (f"{note} " if note else "") + " ".join(said).rstrip(";") + ("" if untimed else ".")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     quiet_known_noise()
@@ -840,12 +885,7 @@ def main(argv=None):
     if not args.report_only:
         print("[benchmark] measuring inference time and memory", flush=True)
         measured = measure(plan, good, repeats=args.repeats)
-    untimed = sorted({r["label"] for r in good.values() if without_checkpoint(r) and r["seed"] == plan["seeds"][0]})
-    if untimed:
-        sources = sorted({os.path.relpath(r["reused_from"]) for r in good.values() if without_checkpoint(r)})
-        note = (f"{note} " if note else "") + (
-            f"Not timed, reused for their accuracy from {', '.join(sources)} without their checkpoints: "
-            f"{', '.join(untimed)}.")
+    note = _note_reused_without_checkpoints(plan, good, results, measured, note)
     rows = summarise(plan, good, measured)
     text = write_outputs(plan, results.runs, rows, output_dir, command, results.test_users, note=note)
     print(text)

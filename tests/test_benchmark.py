@@ -513,18 +513,32 @@ def test_a_committed_results_file_gives_its_accuracy_without_its_checkpoints(tin
     out = tmp_path / "second"
     assert main(_args(tiny_data_path, out, "--seeds", "2020", "--reuse_from", str(committed))) == 0
     printed = capsys.readouterr().out
-    assert "SASRec@2020: done in an earlier run, reused (accuracy only" in printed
+    assert "SASRec@2020: done in an earlier run, reused (its checkpoint is not here" in printed
     assert "SASRec@2020: training" not in printed and "GRU4Rec@2020: training" in printed
     results = json.load(open(out / "results.json"))
     rows = {r["label"]: r for r in results["summary"]}
     old = json.load(open(committed))["runs"]["SASRec@2020"]
     assert rows["SASRec"]["ndcg@10"] == pytest.approx(old["test_result"]["ndcg@10"])
-    assert "infer_ms_per_batch" not in rows["SASRec"] and rows["GRU4Rec"]["infer_ms_per_batch"] > 0
     assert rows["GRU4Rec"]["ndcg@10_ratio_ci_low"] <= rows["GRU4Rec"]["ndcg@10_ratio"]
-    assert "Not timed, reused for their accuracy" in (out / "results.md").read_text()
+    # its timing is the one its own run measured (that run timed its first seed), and the table says so
+    timed_then = json.load(open(committed))["summary"][0]
+    assert rows["SASRec"]["infer_ms_per_batch"] == timed_then["infer_ms_per_batch"]
+    assert rows["GRU4Rec"]["infer_ms_per_batch"] > 0 and "infer_ratio" not in rows["GRU4Rec"]
+    assert "SASRec with the timing that run measured" in (out / "results.md").read_text()
     # the same folder again, without --reuse_from: the reused record stays done
     assert main(_args(tiny_data_path, out, "--seeds", "2020")) == 0
     assert ": training" not in capsys.readouterr().out
+
+    # a results file without a summary (no timing): the row is reused for its accuracy and said to be untimed
+    bare = json.load(open(committed))
+    bare.pop("summary")
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    assert main(_args(tiny_data_path, tmp_path / "fourth", "--seeds", "2020", "--reuse_from",
+                      str(tmp_path / "bare.json"))) == 0
+    rows = {r["label"]: r for r in json.load(open(tmp_path / "fourth" / "results.json"))["summary"]}
+    assert "infer_ms_per_batch" not in rows["SASRec"] and "ndcg@10_ratio" in rows["GRU4Rec"]
+    assert "not timed: SASRec" in (tmp_path / "fourth" / "results.md").read_text()
+    capsys.readouterr()
 
     # an entry that takes SASRec's checkpoint makes SASRec train again
     plan = {"dataset": "tiny", "seeds": [2020], "epochs": 2,
