@@ -311,6 +311,30 @@ def test_losses_are_separate_and_finite_and_soft_loss_is_teacher_to_student(tiny
     assert expected.item() == pytest.approx(soft_label_kl(logits_s, logits_t, reduction="sum").item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_the_shared_log_softmaxes_give_each_loss_its_definition(tiny_config, teacher_file, temperature):
+    """The student's cross-entropy, the teacher's own and the tempered soft loss share the catalogue-wide
+    log-softmaxes where they can: each must still equal its definition, computed here independently."""
+    _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, teacher_trainable=True,
+                                                   kd_temperature=temperature, teacher_rec_weight=0.5)
+    trainer.prepare_teacher(train, valid)
+    batch = next(iter(train))
+    model.freeze_codes()
+    model.train(False)
+    model.teacher.train(False)
+    mixed, _ = model.training_tables()
+    seq, seq_len, pos = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], batch[model.POS_ITEM_ID]
+    with torch.no_grad():
+        logits_s = model.forward(seq, seq_len, mixed) @ mixed.t()
+        logits_t = model.teacher(seq, seq_len) @ model.teacher.item_embedding.weight.t()
+        p_t = (logits_t / temperature).softmax(-1)
+        kl = (p_t * (p_t.log() - (logits_s / temperature).log_softmax(-1))).sum(-1).mean() * temperature ** 2
+        losses = model.calculate_loss(batch)
+    assert losses[0].item() == pytest.approx(torch.nn.functional.cross_entropy(logits_s, pos).item(), rel=1e-5)
+    assert losses[3].item() == pytest.approx(model.soft_weight * kl.item(), rel=1e-3)  # a small KL: float error
+    assert losses[4].item() == pytest.approx(0.5 * torch.nn.functional.cross_entropy(logits_t, pos).item(), rel=1e-5)
+
+
 def test_bidirectional_distillation_updates_the_teacher_only_when_trainable(tiny_config, teacher_file):
     for trainable in (False, True):
         _, model, trainer, train, valid, _ = _student(tiny_config, teacher_file, teacher_trainable=trainable)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_compress.model.layers.distillation_losses import info_nce, soft_label_kl
+from recbole_compress.model.layers.distillation_losses import info_nce, kl_from_log_probs, soft_label_kl
 
 
 def test_soft_kl_direction_on_a_hand_example():
@@ -61,3 +61,21 @@ def test_info_nce_single_row_is_zero_without_nan():
     loss.backward()
     assert not torch.isnan(a.grad).any()
     assert info_nce(torch.randn(0, 5), torch.randn(0, 5)).item() == 0.0
+
+
+def test_kl_from_log_probs_is_the_soft_loss_at_temperature_one_with_its_gradients():
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 9, requires_grad=True), torch.randn(5, 9, requires_grad=True)
+    s2, t2 = s.detach().clone().requires_grad_(), t.detach().clone().requires_grad_()
+    for reduction in ("batchmean", "sum"):
+        a = soft_label_kl(s, t, reduction=reduction)
+        b = kl_from_log_probs(s2.log_softmax(-1), t2.log_softmax(-1), reduction=reduction)
+        assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    soft_label_kl(s, t).backward()
+    kl_from_log_probs(s2.log_softmax(-1), t2.log_softmax(-1)).backward()
+    assert torch.allclose(s.grad, s2.grad, atol=1e-7) and torch.allclose(t.grad, t2.grad, atol=1e-7)
+    # the student's gradient is (p_student - p_teacher) / B per row
+    expected = (s2.detach().softmax(-1) - t2.detach().softmax(-1)) / 5
+    assert torch.allclose(s2.grad, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        kl_from_log_probs(s2, t2, reduction="mean")

@@ -99,7 +99,7 @@ from recbole_compress.model.layers.codebook_embedding import (
     code_dtype,
     code_statistics,
 )
-from recbole_compress.model.layers.distillation_losses import KL_REDUCTIONS, info_nce, soft_label_kl
+from recbole_compress.model.layers.distillation_losses import KL_REDUCTIONS, info_nce, kl_from_log_probs, soft_label_kl
 from recbole_compress.model.layers.soft_attention_readout import SoftAttentionReadout
 from recbole_compress.model.sequential_recommender.eodrecteacher import (
     BACKBONE_KEYS,
@@ -245,7 +245,6 @@ class EODRec(SequentialRecommender):
             "student_proj": nn.Linear(2 * n, n, bias=False),
             "teacher_proj": nn.Linear(2 * n, n, bias=False),
         })
-        self.loss_fct = nn.CrossEntropyLoss()
         self.register_buffer("stage_flag", torch.zeros((), dtype=torch.long))  # 0 pretrain, 1 distill (saved)
         self.register_buffer("mixup_progress", torch.zeros(()))  # share of the stage-two mixup annealing done (saved)
         self.mixup_steps_per_epoch = None  # set by the trainer (set_mixup_schedule)
@@ -482,7 +481,8 @@ class EODRec(SequentialRecommender):
             self._advance_mixup()
         theta_s = self.forward(item_seq, item_seq_len, mixed)
         logits_s = theta_s @ mixed.t()
-        rec = self.loss_fct(logits_s, pos_items)
+        log_p_s = F.log_softmax(logits_s, dim=-1)  # cross-entropy over the catalogue, shared with L_soft at T = 1
+        rec = F.nll_loss(log_p_s, pos_items)
         zero = rec.new_zeros(())
         losses = [rec, self.mse_weight * mse, zero, zero, zero]
         teacher_rec_on = self.teacher_trainable and self.teacher_rec_weight > 0
@@ -500,15 +500,21 @@ class EODRec(SequentialRecommender):
                 theta_t = self._teacher_session(teacher, item_seq, item_seq_len)
             x = x.detach()
         logits_t = theta_t @ x.t()
+        log_p_t = F.log_softmax(logits_t, dim=-1) if self.soft_weight > 0 or teacher_rec_on else None
         if self.contrastive_weight > 0:
             losses[2] = self.contrastive_weight * self.contrastive_loss(item_seq, mixed, x, theta_s, theta_t)
         if self.soft_weight > 0:
-            losses[3] = self.soft_weight * soft_label_kl(
-                logits_s, logits_t, self.kd_temperature, reduction=self.soft_kd_reduction
-            )
+            losses[3] = self.soft_weight * self.soft_loss(logits_s, log_p_s, logits_t, log_p_t)
         if teacher_rec_on:
-            losses[4] = self.teacher_rec_weight * self.loss_fct(logits_t, pos_items)
+            losses[4] = self.teacher_rec_weight * F.nll_loss(log_p_t, pos_items)
         return tuple(losses)
+
+    def soft_loss(self, logits_s, log_p_s, logits_t, log_p_t):
+        """``KL(p_teacher || p_student)`` at ``kd_temperature`` (Eq. 24); at ``T = 1`` from the log-softmaxes the
+        cross-entropy losses already computed (the catalogue-wide passes are most of a step's time)."""
+        if self.kd_temperature == 1:
+            return kl_from_log_probs(log_p_s, log_p_t, self.soft_kd_reduction)
+        return soft_label_kl(logits_s, logits_t, self.kd_temperature, reduction=self.soft_kd_reduction)
 
     def predict(self, interaction):
         theta = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
