@@ -31,7 +31,7 @@ its last complete epoch (the run layer's exact resume; for a teacher-student ent
 search phase, from that phase's last complete epoch), so the plan ends with the same numbers as an uninterrupted
 one. Every training runs at one thread: ``--jobs 2`` trains two (entry, seed) pairs at a time, each in its own process;
 ``--jobs 1`` trains them one after another in the benchmark's process. The timing after training stays in one
-process, at torch's thread count.
+process, at one thread unless ``--timing_threads`` says otherwise.
 
 A plan file (YAML) names entries with their own settings::
 
@@ -605,6 +605,10 @@ def build_parser():
     p.add_argument("--infer_batch_users", type=int, help="test users per timed inference batch (default 256)")
     p.add_argument("--infer_batches", type=int, help="timed inference batches (default 4)")
     p.add_argument("--repeats", type=int, default=5, help="timing repeats (median is reported)")
+    p.add_argument("--timing_threads", type=int, default=1,
+                   help="torch threads of the timing after training (default 1, like the trainings: more threads "
+                        "than free cores, e.g. next to another run, make every timing meaningless); 0 = torch's "
+                        "setting")
     p.add_argument("--jobs", type=int, default=1, help="(entry, seed) trainings at a time, one thread each (default 1)")
     p.add_argument("--output_dir", help="results folder (default benchmark_results/<plan name>)")
     p.add_argument("--report_only", action="store_true",
@@ -820,6 +824,17 @@ def earlier_measurements(path, command):
     return measured, saved.get("command") or command
 
 
+def _measure_at(threads, plan, runs, repeats):
+    """:func:`measure` at ``threads`` torch threads (0: torch's setting), the setting restored afterwards."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return measure(plan, runs, repeats=repeats)
+    finally:
+        torch.set_num_threads(before)
+
+
 def _note_reused_without_checkpoints(plan, good, results, measured, note):
     """Adds to ``measured`` the earlier timing of the rows reused without their checkpoints, and says so in the
     table's note (with the rows that have none)."""
@@ -884,7 +899,9 @@ def main(argv=None):
             if not v.get("error") and v["label"] in labels and v["seed"] in plan["seeds"]}
     if not args.report_only:
         print("[benchmark] measuring inference time and memory", flush=True)
-        measured = measure(plan, good, repeats=args.repeats)
+        measured = _measure_at(args.timing_threads, plan, good, args.repeats)
+        threads = args.timing_threads or torch.get_num_threads()
+        note = f"Timed at {threads} torch thread{'s' if threads > 1 else ''}."
     note = _note_reused_without_checkpoints(plan, good, results, measured, note)
     rows = summarise(plan, good, measured)
     text = write_outputs(plan, results.runs, rows, output_dir, command, results.test_users, note=note)

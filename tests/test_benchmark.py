@@ -555,3 +555,23 @@ def test_a_committed_results_file_gives_its_accuracy_without_its_checkpoints(tin
                  "--reuse_from", str(committed)]) == 0
     printed = capsys.readouterr().out
     assert "0 finished trainings reused" in printed and "SASRec@2020: training" in printed
+
+
+def test_the_timing_runs_at_one_thread_unless_asked_otherwise(tiny_data_path, tmp_path, monkeypatch):
+    """More threads than free cores (next to another run) make timings meaningless: the timing runs at one thread by
+    default, at --timing_threads N if given, and the table says at how many; torch's setting is restored."""
+    import recbole_compress.benchmark as bench
+
+    seen = []
+    monkeypatch.setattr(bench, "measure", lambda plan, runs, repeats=5: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = _args(tiny_data_path, tmp_path / "t", "--seeds", "2020", "--epochs", "1")
+        assert main(args) == 0
+        assert "Timed at 1 torch thread." in (tmp_path / "t" / "results.md").read_text()
+        assert main(args + ["--timing_threads", "2"]) == 0  # trainings reused: only the timing runs again
+        assert "Timed at 2 torch threads." in (tmp_path / "t" / "results.md").read_text()
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
