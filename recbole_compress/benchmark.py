@@ -706,12 +706,6 @@ class Results:
                 reused += 1
         return reused
 
-    def timings(self, seed):
-        """``{label: timing figures}`` of the trainings of ``seed`` reused without their checkpoints, as the run that
-        wrote their results measured them."""
-        return {r["label"]: r["reused_timing"] for r in self.runs.values()
-                if r.get("seed") == seed and without_checkpoint(r) and r.get("reused_timing")}
-
     def done(self, key, digest, entry):
         run = self.runs.get(key)
         if not (run and run.get("settings_hash") == digest and same_defaults(run, entry) and not run.get("error")):
@@ -835,14 +829,14 @@ def _measure_at(threads, plan, runs, repeats):
         torch.set_num_threads(before)
 
 
-def _note_reused_without_checkpoints(plan, good, results, measured, note):
+def _note_reused_without_checkpoints(plan, good, measured, note):
     """Adds to ``measured`` the earlier timing of the rows reused without their checkpoints, and says so in the
     table's note (with the rows that have none)."""
     seed = plan["seeds"][0]
     reused = {r["label"]: r for r in good.values() if without_checkpoint(r) and r["seed"] == seed}
     if not reused:
         return note
-    earlier = results.timings(seed)
+    earlier = {label: r["reused_timing"] for label, r in reused.items() if r.get("reused_timing")}
     for label in reused:
         if label in earlier and not measured.get(label):
             measured[label] = dict(earlier[label])
@@ -902,7 +896,7 @@ def main(argv=None):
         measured = _measure_at(args.timing_threads, plan, good, args.repeats)
         threads = args.timing_threads or torch.get_num_threads()
         note = f"Timed at {threads} torch thread{'s' if threads > 1 else ''}."
-    note = _note_reused_without_checkpoints(plan, good, results, measured, note)
+    note = _note_reused_without_checkpoints(plan, good, measured, note)
     rows = summarise(plan, good, measured)
     text = write_outputs(plan, results.runs, rows, output_dir, command, results.test_users, note=note)
     print(text)
