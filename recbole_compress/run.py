@@ -132,8 +132,9 @@ def _codes_from_teacher(model, config, data):
     summary = fit_item_codes(model, teacher.item_embedding.weight, config["seed"])
     getLogger().info(
         set_color("item codes", "green") + f": fitted to the item table of {path} ({summary['steps']} steps, "
-        f"reconstruction error {summary['first_mse']:.4f} -> {summary['last_mse']:.4f}; {summary['distinct_codes']} "
-        f"distinct codes for {summary['items']} items)"
+        f"reconstruction error {summary['first_mse']:.4f} -> {summary['last_mse']:.4f}; the encoder's codes: "
+        f"{summary['encoder_codes']['distinct_codes']} distinct for {summary['items']} items, {summary['moved']} "
+        f"items moved to a free code, now {summary['distinct_codes']} distinct)"
     )
 
 

@@ -125,3 +125,23 @@ def test_get_model_returns_the_compressed_model_as_recbole_builds_it(tiny_config
     model = get_model(config["model"])(config, train.dataset)
     assert isinstance(model, SASRec) and isinstance(model.item_embedding, QuotientRemainderEmbedding)
     assert model.item_embedding.combine == "mult"
+
+
+def test_codes_fitted_to_a_teacher_give_every_item_its_own_embedding():
+    """Items with the same teacher embedding get the same code from the encoder and would tie exactly at scoring;
+    ``fit_item_codes`` moves all but one of each group to a free code, so every item's composite vector differs."""
+    import types
+
+    from recbole_compress.model.item_compression import fit_item_codes
+    from recbole_compress.model.layers.codebook_embedding import CodebookEmbedding
+
+    n, d = 41, 8
+    rows = torch.randn(10, d, generator=torch.Generator().manual_seed(0))
+    table = rows[torch.arange(n) % 10]  # four items per distinct teacher row
+    model = types.SimpleNamespace(item_embedding=CodebookEmbedding(n, d, 2, 8))  # 64 code tuples for 40 items
+    summary = fit_item_codes(model, table, seed=0)
+    assert summary["encoder_codes"]["items_sharing_a_code"] >= 30  # the encoder alone: duplicates share codes
+    assert summary["distinct_codes"] == n - 1 and summary["items_sharing_a_code"] == 0
+    with torch.no_grad():
+        composite = model.item_embedding.table()[1:]
+    assert len(torch.unique(composite, dim=0)) == n - 1

@@ -17,7 +17,7 @@ table by one of the plugin's blocks, so a model a user already trusts shrinks wi
   M codes per item into codebooks of ``codebook_size`` K vectors. The codes are fixed before training. With
   ``codebook_teacher`` (a checkpoint of a trained model of the same width on the same data, e.g. the plain model's),
   the run layer fits codes and codebooks to the teacher's item table with EODRec's code encoder before the first
-  epoch (:func:`fit_item_codes`); without it the codes are drawn at random (compositional hashing: with K^M tuples far
+  epoch and gives every item its own code (:func:`fit_item_codes`); without it the codes are drawn at random (compositional hashing: with K^M tuples far
   above the catalogue, items rarely share one) and only the codebooks learn. Its ``weight`` is the composite table,
   so the model's own scoring is unchanged.
 
@@ -36,7 +36,7 @@ from recbole_compress.config_keys import DataRule, Key, Relation
 from recbole_compress.errors import ConfigError
 from recbole_compress.model.layers.adaptive_embedding import AdaptiveEmbedding
 from recbole_compress.model.layers.adaptive_softmax import AdaptiveSoftmax
-from recbole_compress.model.layers.codebook_embedding import CodebookEmbedding
+from recbole_compress.model.layers.codebook_embedding import CodebookEmbedding, code_statistics
 from recbole_compress.model.layers.compositional_embedding import (
     QuotientRemainderEmbedding,
     not_smaller_problem,
@@ -272,8 +272,12 @@ def __getattr__(name):
 
 def fit_item_codes(model, teacher_table, seed=0):
     """Codes and codebooks of a codebook-compressed ``model`` fitted to ``teacher_table`` (``n_items x D``, a trained
-    model's item table on the same data), as EODRec's stage one does (:data:`CODE_FIT`); returns the fit's summary
-    with the code statistics."""
+    model's item table on the same data), as EODRec's stage one and freeze do (:data:`CODE_FIT`, then
+    :func:`~recbole_compress.model.layers.code_assignment.resolve_collisions`: items that share the encoder's code
+    tuple would tie exactly at scoring, so all but the best-reconstructed item of each group move to the nearest free
+    tuple). Returns the fit's summary with the statistics of the final codes and ``encoder_codes``, those of the
+    encoder's codes before the repair."""
+    from recbole_compress.model.layers.code_assignment import resolve_collisions
     from recbole_compress.model.layers.code_encoder import GumbelCodeEncoder, fit_codes
 
     block = model.item_embedding
@@ -288,8 +292,11 @@ def fit_item_codes(model, teacher_table, seed=0):
     summary = fit_codes(encoder, block, table[1:], CODE_FIT["steps"], CODE_FIT["lr"], CODE_FIT["tau"],
                         tau_start=CODE_FIT["tau_start"], batch_size=CODE_FIT["batch_size"], generator=generator)
     with torch.no_grad():
-        block.set_codes(encoder.codes(table))
-    summary.update(block.statistics())
+        codes = encoder.codes(table)
+        summary["encoder_codes"] = code_statistics(codes, block.codebook_size)
+        repaired, info = resolve_collisions(codes[1:], block.codebooks, table[1:], generator=generator)
+        block.set_codes(torch.cat([codes[:1].cpu().long(), repaired]))
+    summary.update(block.statistics(), moved=info["moved"], unresolved=info["unresolved"])
     return summary
 
 
