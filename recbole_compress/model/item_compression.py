@@ -74,7 +74,9 @@ ITEM_COMPRESSION_RELATIONS = (
     _only_with("qr", QR_KEYS), _only_with("codebook", CODEBOOK_KEYS), _only_with("adaptive", BLOCK_KEY_NAMES),
 )
 
-#: Defaults of the blocks' keys (the plugin's overall.yaml sets them to None: a key is read only with its block).
+#: Defaults of the blocks' keys. No property file sets them (an unset key reads as None in a Config, and adding them
+#: to overall.yaml would change every model's defaults digest, so no earlier benchmark training could be reused);
+#: a key is read only with its block.
 DEFAULTS = {"compression_rate": 2, "num_base_tables": 2, "qr_composition": "mult", "num_codebooks": 4,
             "codebook_size": 32, "n_clusters": 3, "cluster_split_ratio": 0.2, "cluster_dim_factor": 4}
 #: EODRec's code fitting (steps, Adam learning rate, rows per step, Gumbel temperature from ... to)
