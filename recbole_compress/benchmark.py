@@ -808,10 +808,15 @@ MEASURED_KEYS = ("infer_ms_per_batch", "infer_ratio", "infer_peak_bytes", "train
                  "train_peak_error")
 
 
-def earlier_measurements(path, command):
-    """``({label: timing and memory figures}, command)`` of the last full run written to ``path``."""
+def earlier_measurements(path, command, reused=False):
+    """``({label: timing and memory figures}, command)`` of the last full run written to ``path``; nothing when
+    there is none but trainings were ``reused`` from other results (a table put together from committed files, whose
+    rows carry their own earlier timing)."""
     if not os.path.isfile(path):
-        raise ConfigError(f"--report_only: no results.json in {os.path.dirname(path) or '.'} to report from")
+        if reused:
+            return {}, command
+        raise ConfigError(f"--report_only: no results.json in {os.path.dirname(path) or '.'} to report from "
+                          f"(nor --reuse_from to take trainings from)")
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     measured = {row["label"]: {k: row[k] for k in MEASURED_KEYS if k in row} for row in saved.get("summary") or []}
@@ -875,7 +880,7 @@ def main(argv=None):
     if args.report_only:
         note = f"Table written again by `{command}` (no training, no timing)."
         try:
-            measured, command = earlier_measurements(results.path, command)
+            measured, command = earlier_measurements(results.path, command, reused=bool(args.reuse_from))
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

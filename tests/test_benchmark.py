@@ -529,6 +529,16 @@ def test_a_committed_results_file_gives_its_accuracy_without_its_checkpoints(tin
     assert main(_args(tiny_data_path, out, "--seeds", "2020")) == 0
     assert ": training" not in capsys.readouterr().out
 
+    # --report_only puts a table together from committed files alone (no training, no timing); with nothing to
+    # report from it refuses
+    assemble = [a if a != str(first) else str(tmp_path / "assembled") for a in sasrec_only] + ["--report_only"]
+    assert main(assemble) == 2 and "nor --reuse_from" in capsys.readouterr().err
+    assert main(assemble + ["--reuse_from", str(committed)]) == 0
+    assert ": training" not in capsys.readouterr().out
+    rows = {r["label"]: r for r in json.load(open(tmp_path / "assembled" / "results.json"))["summary"]}
+    assert rows["SASRec"]["ndcg@10"] == pytest.approx(old["test_result"]["ndcg@10"])
+    assert rows["SASRec"]["infer_ms_per_batch"] == timed_then["infer_ms_per_batch"]
+
     # a results file without a summary (no timing): the row is reused for its accuracy and said to be untimed
     bare = json.load(open(committed))
     bare.pop("summary")
