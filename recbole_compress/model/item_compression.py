@@ -17,8 +17,9 @@ table by one of the plugin's blocks, so a model a user already trusts shrinks wi
   M codes per item into codebooks of ``codebook_size`` K vectors. The codes are fixed before training. With
   ``codebook_teacher`` (a checkpoint of a trained model of the same width on the same data, e.g. the plain model's),
   the run layer fits codes and codebooks to the teacher's item table with EODRec's code encoder before the first
-  epoch and gives every item its own code (:func:`fit_item_codes`); without it the codes are drawn at random (compositional hashing: with K^M tuples far
-  above the catalogue, items rarely share one) and only the codebooks learn. Its ``weight`` is the composite table,
+  epoch and gives every item its own code (:func:`fit_item_codes`); without it the codes are drawn at random
+  (compositional hashing: with K^M tuples far above the catalogue, items rarely share one) and only the codebooks
+  learn. Its ``weight`` is the composite table,
   so the model's own scoring is unchanged.
 
 The model keeps its class name, and the settings are in its config and checkpoint, so it restores as compressed.
