@@ -618,7 +618,8 @@ def build_parser():
                    help="another plan's results folder or results file (e.g. a committed docs/benchmarks/<plan>.json): "
                         "its finished (entry, seed) trainings with the same label and settings are used, not trained "
                         "again; one whose checkpoint is not on this machine gives its accuracy and the timing that run "
-                        "measured, if any (repeatable)")
+                        "measured, if any, unless an entry takes its checkpoint (\"@label\") and this run trains "
+                        "(repeatable)")
     return p
 
 
@@ -676,18 +677,20 @@ class Results:
                 saved = json.load(f)
             self.runs, self.test_users = saved.get("runs", {}), saved.get("test_users")
 
-    def reuse(self, source, plan):
+    def reuse(self, source, plan, training=True):
         """Finished trainings of another plan's results (its folder, or a results file such as a committed
         ``docs/benchmarks/<plan>.json``) whose label and settings match an entry of this plan. A training whose
         checkpoint is not on this machine is reused for its accuracy and for the timing that run measured (if any),
-        unless an entry of this plan takes its checkpoint (``"@label"``): that one trains again."""
+        unless an entry of this plan takes its checkpoint (``"@label"``) and this run trains: that one trains again.
+        A run that only reports (``training=False``) takes it as it is."""
         path = source if os.path.isfile(source) else os.path.join(source, "results.json")
         if not os.path.isfile(path):
             raise ConfigError(f"--reuse_from={source!r}: neither a results file nor a folder with results.json")
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
         wanted = {settings_hash(plan, e): e for e in plan["entries"]}
-        taken = {label.split("/")[0] for e in plan["entries"] for label in references(e).values()}
+        taken = {label.split("/")[0] for e in plan["entries"] for label in references(e).values()} if training \
+            else set()
         reused = 0
         for key, run in saved.get("runs", {}).items():
             owner = run.get("teacher_of") or run["label"]
@@ -872,7 +875,8 @@ def main(argv=None):
     results = Results(plan, os.path.join(output_dir, "results.json"))
     try:
         for folder in args.reuse_from:
-            print(f"[benchmark] {results.reuse(folder, plan)} finished trainings reused from {folder}", flush=True)
+            reused = results.reuse(folder, plan, training=not args.report_only)
+            print(f"[benchmark] {reused} finished trainings reused from {folder}", flush=True)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -566,6 +566,12 @@ def test_a_committed_results_file_gives_its_accuracy_without_its_checkpoints(tin
                  "--reuse_from", str(committed)]) == 0
     printed = capsys.readouterr().out
     assert "0 finished trainings reused" in printed and "SASRec@2020: training" in printed
+    # ... but a table put together from committed files alone (--report_only trains nothing) keeps that row
+    assert main(["--plan", str(tmp_path / "plan.yaml"), "--data_path", tiny_data_path, "--output_dir",
+                 str(tmp_path / "fifth"), "--report_only", "--reuse_from", str(committed)]) == 0
+    assert "1 finished trainings reused" in capsys.readouterr().out
+    rows = {r["label"]: r for r in json.load(open(tmp_path / "fifth" / "results.json"))["summary"]}
+    assert rows["SASRec"]["ndcg@10"] == pytest.approx(old["test_result"]["ndcg@10"])
 
 
 def test_the_timing_runs_at_one_thread_unless_asked_otherwise(tiny_data_path, tmp_path, monkeypatch):
