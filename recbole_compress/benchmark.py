@@ -29,7 +29,8 @@ Results go to ``<output_dir>/results.json``, ``results.md``, ``pareto.png`` (NDC
 settings are unchanged are not redone, and an (entry, seed) interrupted in the middle of its training continues from
 its last complete epoch (the run layer's exact resume; for a teacher-student entry interrupted in its teacher or
 search phase, from that phase's last complete epoch), so the plan ends with the same numbers as an uninterrupted
-one. Every training runs at one thread: ``--jobs 2`` trains two (entry, seed) pairs at a time, each in its own process;
+one. One benchmark at a time uses a folder: a second one on the same ``--output_dir`` stops at once with exit code 2
+(it would resume the first one's entries and overwrite its results). Every training runs at one thread: ``--jobs 2`` trains two (entry, seed) pairs at a time, each in its own process;
 ``--jobs 1`` trains them one after another in the benchmark's process. The timing after training stays in one
 process, at one thread unless ``--timing_threads`` says otherwise.
 
@@ -859,6 +860,31 @@ def _note_reused_without_checkpoints(plan, good, measured, note):
     return (f"{note} " if note else "") + " ".join(said).rstrip(";") + ("" if untimed else ".")
 
 
+def claim_output_dir(output_dir, command):
+    """Hold ``<output_dir>/.benchmark.lock`` while this benchmark runs, so that two benchmarks never share a folder:
+    each would resume the other's interrupted entries and overwrite the other's ``results.json``. The lock is the
+    operating system's (``flock``), released when the process ends however it ends, so it never goes stale. Returns
+    the open lock file (keep it referenced), or None where ``flock`` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(os.path.join(output_dir, ".benchmark.lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"--output_dir {output_dir} is in use by another benchmark ({holder}); wait for it to "
+                          f"end, or give another --output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n")
+    handle.flush()
+    return handle
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     quiet_known_noise()
@@ -872,6 +898,11 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(output_dir, exist_ok=True)
+    try:
+        lock = claim_output_dir(output_dir, command)  # held until main returns
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     results = Results(plan, os.path.join(output_dir, "results.json"))
     try:
         for folder in args.reuse_from:

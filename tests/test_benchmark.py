@@ -592,3 +592,30 @@ def test_the_timing_runs_at_one_thread_unless_asked_otherwise(tiny_data_path, tm
         assert seen == [1, 2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="flock is POSIX's")
+def test_two_benchmarks_never_share_an_output_folder(tiny_data_path, tmp_path, capsys):
+    """A second benchmark on a folder another one is using stops before any work (exit 2, the holder named), and the
+    folder is free again as soon as the holder ends, even killed."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom recbole_compress.benchmark import claim_output_dir\n"
+         f"lock = claim_output_dir({str(out)!r}, 'the first benchmark')\nprint('held', flush=True)\ntime.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(_args(tiny_data_path, out, "--seeds", "2020")) == 2
+        printed = capsys.readouterr()
+        assert f"--output_dir {out} is in use by another benchmark" in printed.err
+        assert "the first benchmark" in printed.err and ": training" not in printed.out
+        assert not (out / "results.json").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    from recbole_compress.benchmark import claim_output_dir
+    assert claim_output_dir(str(out), "after the holder was killed") is not None
