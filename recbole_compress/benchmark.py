@@ -899,10 +899,19 @@ def main(argv=None):
         return 2
     os.makedirs(output_dir, exist_ok=True)
     try:
-        lock = claim_output_dir(output_dir, command)  # held until main returns
+        lock = claim_output_dir(output_dir, command)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        return run_plan(args, plan, output_dir, command)
+    finally:
+        if lock is not None:
+            lock.close()  # frees the folder for the next benchmark, also one in this process
+
+
+def run_plan(args, plan, output_dir, command):
+    """Train what the plan still needs (or, with ``--report_only``, nothing), time it and write the results."""
     results = Results(plan, os.path.join(output_dir, "results.json"))
     try:
         for folder in args.reuse_from:
