@@ -213,7 +213,9 @@ def _ctrl_c(args, tmp_path, prefix=""):
                              "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}", "--MAX_ITEM_LIST_LENGTH=10",
                              "--show_progress=False", f"--checkpoint_dir={tmp_path}/saved"], cwd=str(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
+                            env=dict(os.environ, PYTHONPATH=ROOT),
+                            # a suite started in the background (``cmd &``) hands its children SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         saved = tmp_path / "saved"
