@@ -615,8 +615,9 @@ def build_parser():
     p.add_argument("--report_only", action="store_true",
                    help="write the table and plots again from the results folder, without training or timing (the "
                         "timing of the last full run is kept), e.g. after the report itself changed")
-    p.add_argument("--reuse_from", action="append", default=[],
-                   help="another plan's results folder or results file (e.g. a committed docs/benchmarks/<plan>.json): "
+    p.add_argument("--reuse_from", action="extend", nargs="+", default=[], metavar="FOLDER_OR_FILE",
+                   help="other plans' results folders or results files (e.g. committed docs/benchmarks/<plan>.json, "
+                        "several at once or a shell pattern; the first that holds an (entry, seed) gives it): "
                         "its finished (entry, seed) trainings with the same label and settings are used, not trained "
                         "again; one whose checkpoint is not on this machine gives its accuracy and the timing that run "
                         "measured, if any, unless an entry takes its checkpoint (\"@label\") and this run trains "

@@ -619,3 +619,13 @@ def test_two_benchmarks_never_share_an_output_folder(tiny_data_path, tmp_path, c
         holder.wait(timeout=30)
     from recbole_compress.benchmark import claim_output_dir
     assert claim_output_dir(str(out), "after the holder was killed") is not None
+
+
+def test_reuse_from_takes_several_files_at_once_and_repeats():
+    """``--reuse_from a.json b.json`` (what a shell pattern expands to) and a repeated flag add up, and the overrides
+    for every entry that follow stay overrides."""
+    from recbole_compress.benchmark import build_parser
+
+    args, extra = build_parser().parse_known_args(
+        ["--models", "SASRec", "--reuse_from", "a.json", "b.json", "--reuse_from", "c", "--hidden_size=8"])
+    assert args.reuse_from == ["a.json", "b.json", "c"] and extra == ["--hidden_size=8"]
