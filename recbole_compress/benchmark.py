@@ -30,8 +30,9 @@ settings are unchanged are not redone, and an (entry, seed) interrupted in the m
 its last complete epoch (the run layer's exact resume; for a teacher-student entry interrupted in its teacher or
 search phase, from that phase's last complete epoch), so the plan ends with the same numbers as an uninterrupted
 one. One benchmark at a time uses a folder: a second one on the same ``--output_dir`` stops at once with exit code 2
-(it would resume the first one's entries and overwrite its results). Every training runs at one thread: ``--jobs 2`` trains two (entry, seed) pairs at a time, each in its own process;
-``--jobs 1`` trains them one after another in the benchmark's process. The timing after training stays in one
+(it would resume the first one's entries and overwrite its results). Every training runs at one thread: ``--jobs 2``
+trains two (entry, seed) pairs at a time, each in its own process; ``--jobs 1`` trains them one after another in the
+benchmark's process. The timing after training stays in one
 process, at one thread unless ``--timing_threads`` says otherwise.
 
 A plan file (YAML) names entries with their own settings::

@@ -618,7 +618,9 @@ def test_two_benchmarks_never_share_an_output_folder(tiny_data_path, tmp_path, c
         holder.kill()
         holder.wait(timeout=30)
     from recbole_compress.benchmark import claim_output_dir
-    assert claim_output_dir(str(out), "after the holder was killed") is not None
+    again = claim_output_dir(str(out), "after the holder was killed")
+    assert again is not None
+    again.close()
 
 
 def test_reuse_from_takes_several_files_at_once_and_repeats():
