@@ -32,8 +32,8 @@ search phase, from that phase's last complete epoch), so the plan ends with the 
 one. One benchmark at a time uses a folder: a second one on the same ``--output_dir`` stops at once with exit code 2
 (it would resume the first one's entries and overwrite its results). Every training runs at one thread: ``--jobs 2``
 trains two (entry, seed) pairs at a time, each in its own process; ``--jobs 1`` trains them one after another in the
-benchmark's process. The timing after training stays in one
-process, at one thread unless ``--timing_threads`` says otherwise.
+benchmark's process. The timing after training stays in one process, at one thread unless ``--timing_threads``
+says otherwise.
 
 A plan file (YAML) names entries with their own settings::
 
