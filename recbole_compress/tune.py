@@ -59,7 +59,8 @@ from recbole_compress.commandline import (
     report_error,
 )
 from recbole_compress.errors import ConfigError
-from recbole_compress.preflight import closest_keys, run_keys
+from recbole_compress.phases import phases_of
+from recbole_compress.preflight import closest_keys, rules_of, run_keys
 from recbole_compress.registry import get_model
 
 PARAM_TYPES = ("choice", "uniform", "loguniform", "quniform")
@@ -313,10 +314,19 @@ def _evaluate_test(checkpoint_file, num_threads):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _absolute_paths(config_dict, config_file_list):
+def _path_keys(model):
+    """The keys of a run of ``model`` whose values are paths: ``data_path``, the declared file keys of the model,
+    its trainer and its item compression (``adarec_arch_file``, ``codebook_teacher``, ...) and every phase's
+    ``<prefix>checkpoint``."""
+    keys, _ = rules_of(model)
+    names = {"data_path"} | {key.name for key in keys if key.file}
+    return names | {phase.prefix + "checkpoint" for phase in phases_of(model)}
+
+
+def _absolute_paths(model, config_dict, config_file_list):
     """Trials run in their own folders: make file paths absolute before they start."""
     config_dict = dict(config_dict)
-    for key in ("data_path", "teacher_checkpoint", "search_checkpoint", "adarec_arch_file"):
+    for key in sorted(_path_keys(model)):
         value = config_dict.get(key)
         if isinstance(value, str) and value and value not in ("None", "~") and not os.path.isabs(value):
             config_dict[key] = os.path.abspath(value)
@@ -402,7 +412,7 @@ def _search_setup(model, dataset, config_file_list, config_dict, params_file, al
     if scheduler not in ("asha", "fifo"):
         raise ConfigError(f"scheduler must be asha or fifo, got {scheduler!r}")
     ray_search_space(params, algo)  # refuses ranges in an exhaustive search
-    config_dict, config_file_list = _absolute_paths(config_dict, config_file_list)
+    config_dict, config_file_list = _absolute_paths(model, config_dict, config_file_list)
     # the fixed settings must make a valid configuration before any trial starts (RecBole's Config sets
     # CUDA_VISIBLE_DEVICES to its gpu_id: restore it, or a local Ray would see only that GPU)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

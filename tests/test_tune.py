@@ -317,6 +317,24 @@ def test_search_refuses_bad_input_before_starting_ray(tiny_data_path, tmp_path, 
 
 # ---------------------------------------------------------------------------------------------------------------
 # RecBole's hyperopt HyperTuning with a plugin model, through the plugin's objective_function
+def test_a_compressed_model_searches_with_a_relative_codebook_teacher(tiny_data_path, tmp_path, monkeypatch):
+    """Trials run in their own folders: a relative path given for a file key (here ``codebook_teacher``, the checkpoint
+    whose item table a codebook is fitted to) must still name the file there, so the compressed model trains in the
+    trial instead of failing on a file it cannot find."""
+    from recbole_compress.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    data = [f"--dataset=tiny", f"--data_path={tiny_data_path}"]
+    assert main(["--model=SASRec", "--checkpoint_dir=saved"] + data + TINY_OVERRIDES) == 0
+    teacher = next(p for p in glob.glob("saved/SASRec-*.pth") if not p.endswith("-last.pth"))
+    params = _write(tmp_path, "n_heads choice [1]\n")
+    code = main(["--model=SASRec", "--tune", f"--params_file={params}", "--algo=exhaustive", "--storage_path=ray",
+                 "--name=codebook", "--num_cpus=1", "--verbose=0", "--item_compression=codebook",
+                 f"--codebook_teacher={teacher}", "--num_codebooks=2", "--codebook_size=4"] + data + TINY_OVERRIDES)
+    trials = json.loads((tmp_path / "ray" / "codebook" / "trials.json").read_text())["trials"]
+    assert code == 0 and [t["status"] for t in trials] == ["ok"], trials
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
