@@ -51,6 +51,25 @@ def test_two_process_cpu_run_through_the_cli_matches_one_process(tiny_data_path,
     assert len(best) == 2  # one per run (each also keeps its -last.pth, where it would continue)
 
 
+@pytest.mark.parametrize("block", [["--item_compression=adaptive", "--n_clusters=2", "--cluster_cutoffs=[10]"],
+                                   ["--item_compression=codebook", "--num_codebooks=2", "--codebook_size=4"]])
+def test_a_compressed_model_in_two_processes_matches_one_process(tiny_data_path, tmp_path, capsys, block):
+    """Issue 20: DDP works with a compressed model as with the plain one. The adaptive block trains and scores through
+    its own softmax (not the model's table), the codebook block through fixed codes and shared codebooks; two
+    processes must give one process's numbers."""
+    from recbole_compress.cli import main
+
+    args = ["--model=SASRec", "--dataset=tiny", f"--data_path={tiny_data_path}",
+            f"--checkpoint_dir={tmp_path}"] + TINY + DETERMINISTIC + block
+    assert main(args) == 0
+    one = _metrics(capsys.readouterr().out)
+    assert main(args + ["--nproc=2", f"--port={free_port()}"]) == 0
+    two = _metrics(capsys.readouterr().out)
+    assert two["status"] == "ok" and 0 < two["hit@10"] <= 1
+    for key in ("ndcg@10", "hit@10", "mrr@10"):
+        assert two[key] == pytest.approx(one[key], abs=5e-4), (one, two)
+
+
 def test_ddp_flags_are_checked(tiny_data_path, capsys):
     from recbole_compress.cli import main
 
