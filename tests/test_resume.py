@@ -47,7 +47,11 @@ def slow_config(tiny_config, tmp_path):
                 checkpoint_dir=str(tmp_path / "saved"), strict_config_keys=False)
 
 
-def test_a_run_killed_in_epoch_two_resumes_to_the_uninterrupted_numbers(slow_config, tmp_path):
+@pytest.mark.parametrize("compression", [{}, {"item_compression": "adaptive", "n_clusters": 2, "cluster_cutoffs": [10]},
+                                         {"item_compression": "codebook", "num_codebooks": 2, "codebook_size": 4}],
+                         ids=["plain", "adaptive", "codebook"])
+def test_a_run_killed_in_epoch_two_resumes_to_the_uninterrupted_numbers(slow_config, tmp_path, compression):
+    slow_config = dict(slow_config, **compression)  # issue 20: a compressed model resumes as the plain one does
     reference = _result(_child(dict(slow_config, checkpoint_dir=str(tmp_path / "reference"))))
 
     proc = _child(slow_config)
