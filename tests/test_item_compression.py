@@ -113,6 +113,21 @@ def test_a_block_that_would_not_shrink_the_table_is_refused_after_the_data_loads
         make_config("SASRec", config_dict=dict(tiny_config, compression_rate=4), read_cmd_line=False)
 
 
+def test_explicit_block_widths_are_checked_against_the_model_s_own_width(tiny_config):
+    """The catalogue check after the data loads does not know the model's width: widths that fit the model pass it,
+    a head wider than the model's table is refused when the model is built, before any training."""
+    from recbole_compress.run import load_data
+
+    adaptive = dict(tiny_config, item_compression="adaptive", n_clusters=2, cluster_cutoffs=[10], cluster_dims=[16, 4],
+                    strict_config_keys=False, embedding_size=None)
+    run = build(make_config("SASRec", config_dict=dict(adaptive, hidden_size=16), read_cmd_line=False))
+    assert run.model.item_embedding.cluster_dims == [16, 4]
+    config = make_config("SASRec", config_dict=dict(adaptive, hidden_size=8), read_cmd_line=False)
+    load_data(config)
+    with pytest.raises(ConfigError, match=r"cluster_dims=\[16, 4\]: the head width cannot exceed the embedding size 8"):
+        build(config)
+
+
 def test_get_model_returns_the_compressed_model_as_recbole_builds_it(tiny_config):
     from recbole.data import create_dataset, data_preparation
 

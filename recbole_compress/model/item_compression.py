@@ -304,11 +304,15 @@ def fit_item_codes(model, teacher_table, seed=0):
 
 
 def _blocks_problem(config, dataset):
+    """The block settings against the catalogue. The table's width is the model's own, known once it is built (where
+    a head wider than it is refused), so the head width given here stands in for it."""
     if config["item_compression"] != "adaptive":
         return None
     settings = {k: setting(config, k) for k in BLOCK_KEY_NAMES}
+    dims = settings["cluster_dims"]
+    head = dims[0] if isinstance(dims, (list, tuple)) and dims and isinstance(dims[0], int) else 8
     try:
-        blocks_from_config(settings, dataset, 8)
+        blocks_from_config(settings, dataset, max(head, 1))
     except ConfigError as e:
         return str(e)
     return None
