@@ -315,8 +315,6 @@ def test_search_refuses_bad_input_before_starting_ray(tiny_data_path, tmp_path, 
     assert not os.listdir(tmp_path) or all(p.endswith(".hyper") for p in os.listdir(tmp_path))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# RecBole's hyperopt HyperTuning with a plugin model, through the plugin's objective_function
 def test_a_compressed_model_searches_with_a_relative_codebook_teacher(tiny_data_path, tmp_path, monkeypatch):
     """Trials run in their own folders: a relative path given for a file key (here ``codebook_teacher``, the checkpoint
     whose item table a codebook is fitted to) must still name the file there, so the compressed model trains in the
@@ -324,7 +322,7 @@ def test_a_compressed_model_searches_with_a_relative_codebook_teacher(tiny_data_
     from recbole_compress.cli import main
 
     monkeypatch.chdir(tmp_path)
-    data = [f"--dataset=tiny", f"--data_path={tiny_data_path}"]
+    data = ["--dataset=tiny", f"--data_path={tiny_data_path}"]
     assert main(["--model=SASRec", "--checkpoint_dir=saved"] + data + TINY_OVERRIDES) == 0
     teacher = next(p for p in glob.glob("saved/SASRec-*.pth") if not p.endswith("-last.pth"))
     params = _write(tmp_path, "n_heads choice [1]\n")
@@ -335,6 +333,8 @@ def test_a_compressed_model_searches_with_a_relative_codebook_teacher(tiny_data_
     assert code == 0 and [t["status"] for t in trials] == ["ok"], trials
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# RecBole's hyperopt HyperTuning with a plugin model, through the plugin's objective_function
 # ---------------------------------------------------------------------------------------------------------------
 
 
