@@ -348,6 +348,13 @@ def test_ranks(trainer):
     return torch.where(hits.any(dim=1), first, torch.full_like(first, -1)).tolist()
 
 
+def trained_on():
+    """What a training's numbers depend on beyond the seed and settings: torch's version and the instruction set its
+    CPU kernels use (oneDNN's convolutions, e.g. NextItNet's, sum in a different order on AVX2 than on AVX-512, so
+    such a model retrained on another CPU does not repeat its numbers)."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def test_users(data):
     """The original ids of the test users, in the order the test loader gives them."""
     uid_field = data.dataset.uid_field
@@ -422,6 +429,7 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
         "checkpoint": trainer.saved_model_file,
         "params": count_parameters(model, inference=True),
         "state_dict_bytes": state_dict_bytes(model),
+        "trained_on": trained_on(),
     }
     record.update(_model_extras(model))
     phases = dict(getattr(trainer, "phase_checkpoints", {}) or {})
@@ -455,6 +463,7 @@ def _teacher_record(entry, seed, run, teacher_path):
         "state_dict_bytes": state_dict_bytes(teacher.model),
         "phase_checkpoints": {},
         "teacher_of": entry["label"],
+        "trained_on": trained_on(),
     }
     record.update(_model_extras(teacher.model))
     return record
@@ -862,6 +871,22 @@ def _note_reused_without_checkpoints(plan, good, measured, note):
     return (f"{note} " if note else "") + " ".join(said).rstrip(";") + ("" if untimed else ".")
 
 
+def _note_mixed_cpus(good, note):
+    """Says so in the table's note when its trainings ran on CPUs with different instruction sets (runs from before
+    this was recorded are not counted)."""
+    counts = {}
+    for run in good.values():
+        capability = (run.get("trained_on") or {}).get("cpu_capability")
+        if capability:
+            counts[capability] = counts.get(capability, 0) + 1
+    if len(counts) < 2:
+        return note
+    said = (f"The trainings ran on CPUs with different instruction sets "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}); a model whose CPU kernels depend on it "
+            f"(NextItNet's convolutions) does not repeat its numbers across them.")
+    return f"{note} {said}" if note else said
+
+
 def claim_output_dir(output_dir, command):
     """Hold ``<output_dir>/.benchmark.lock`` while this benchmark runs, so that two benchmarks never share a folder:
     each would resume the other's interrupted entries and overwrite the other's ``results.json``. The lock is the
@@ -948,6 +973,7 @@ def run_plan(args, plan, output_dir, command):
         threads = args.timing_threads or torch.get_num_threads()
         note = f"Timed at {threads} torch thread{'s' if threads > 1 else ''}."
     note = _note_reused_without_checkpoints(plan, good, measured, note)
+    note = _note_mixed_cpus(good, note)
     rows = summarise(plan, good, measured)
     text = write_outputs(plan, results.runs, rows, output_dir, command, results.test_users, note=note)
     print(text)

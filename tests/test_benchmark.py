@@ -48,9 +48,13 @@ def test_benchmark_two_tiny_models(tiny_data_path, tmp_path, capsys):
     assert len(results["test_users"]) == 60
     for run in results["runs"].values():
         assert np.mean(ndcg_from_ranks(run["test_ranks"])) == pytest.approx(run["test_result"]["ndcg@10"], abs=1e-4)
+        # where it trained, for a later run that does not repeat the numbers
+        assert run["trained_on"] == {"torch": torch.__version__,
+                                     "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     with open(out / "results.md") as f:
         table = f.read()
     assert "| GRU4Rec | SASRec |" in table and "95 % CI" in table
+    assert "instruction sets" not in table  # one CPU: nothing to say
 
     # an interrupted run resumes: finished trainings are reused, not redone
     capsys.readouterr()
@@ -631,3 +635,18 @@ def test_reuse_from_takes_several_files_at_once_and_repeats():
     args, extra = build_parser().parse_known_args(
         ["--models", "SASRec", "--reuse_from", "a.json", "b.json", "--reuse_from", "c", "--hidden_size=8"])
     assert args.reuse_from == ["a.json", "b.json", "c"] and extra == ["--hidden_size=8"]
+
+
+def test_a_table_from_trainings_on_different_cpus_says_so():
+    """A retrained convolutional model does not repeat its numbers on a CPU with another instruction set, so a table
+    pooling trainings from two such CPUs says which ran where; runs from before this was recorded are not counted."""
+    from recbole_compress.benchmark import _note_mixed_cpus
+
+    def run(capability):
+        return {"trained_on": {"torch": "2.13.0", "cpu_capability": capability}} if capability else {}
+
+    same = {"a@1": run("AVX512"), "b@1": run("AVX512"), "c@1": run(None)}
+    assert _note_mixed_cpus(same, "Timed at 1 torch thread.") == "Timed at 1 torch thread."
+    mixed = dict(same, **{"a@2": run("AVX2")})
+    note = _note_mixed_cpus(mixed, "Timed at 1 torch thread.")
+    assert note.startswith("Timed at 1 torch thread. ") and "AVX2: 1, AVX512: 2" in note
