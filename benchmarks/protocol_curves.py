@@ -21,6 +21,7 @@ import sys
 import time
 
 import torch
+from recbole.utils import early_stopping
 
 
 class _Budget(Exception):
@@ -103,17 +104,15 @@ def summarise(path, within=0.02):
 
 
 def kept_by_patience(records, patience):
-    """The best validation score early stopping with ``patience`` would have kept, as a fraction of the curve's best
-    (RecBole's rule: stop after ``patience`` validations without improvement)."""
+    """The best validation score early stopping with ``stopping_step = patience`` would have kept, as a fraction of the
+    curve's best, by RecBole's own rule (``recbole.utils.early_stopping``: a score equal to the best counts as an
+    improvement, and training stops when more than ``patience`` validations in a row bring none)."""
     scores = [r["valid_ndcg"] for r in sorted(records, key=lambda r: r["epoch"])]
     best, waited = float("-inf"), 0
     for score in scores:
-        if score > best:
-            best, waited = score, 0
-        else:
-            waited += 1
-            if waited >= patience:
-                break
+        best, waited, stop, _ = early_stopping(score, best, waited, patience, bigger=True)
+        if stop:
+            break
     return best / max(scores)
 
 

@@ -211,8 +211,8 @@ class CheckpointMixin:
         end = time.strftime("%H:%M", time.localtime(time.time() + left))
         self.logger.info(
             set_color("progress", "blue") + f": epoch {epoch_idx} of {self.epochs} starts; {_minutes(elapsed)} "
-            f"elapsed, at most {_minutes(left)} left (ends by {end}; early stopping after {self.stopping_step} "
-            f"validations without improvement may end it sooner)"
+            f"elapsed, at most {_minutes(left)} left (ends by {end}; early stopping after {self.stopping_step + 1} "
+            f"validations in a row without improvement may end it sooner)"
         )
 
     def _valid_epoch(self, valid_data, show_progress=False):
