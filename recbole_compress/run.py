@@ -18,7 +18,7 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed, set_color
 
-from recbole_compress.checkpoint import check_item_mapping, check_state_dict, load_checkpoint
+from recbole_compress.checkpoint import check_item_mapping, check_state_dict, last_checkpoint_name, load_checkpoint
 from recbole_compress.config import Config, config_from_plain
 from recbole_compress.errors import CheckpointError, ConfigError, DataError
 from recbole_compress.model.item_compression import fit_item_codes
@@ -299,35 +299,64 @@ class PhaseRunner:
             checkpoint), ``fit_seconds`` (what its training took, a part before a stop included; None for a
             checkpoint this run did not train), and for a trained phase ``epochs_run``,
             ``train_seconds_per_epoch`` and ``resumed_from`` (its ``<prefix>resume`` file, if it continued one)).
+            A run resumed after this phase had finished loads the phase's checkpoint and reports its training as
+            the uninterrupted run would, from the phase's own last-epoch file.
         """
         path = self.config[f"{prefix}checkpoint"]
         name = prefix.rstrip("_")
         if path:
             restored = restore(path, self.data, self.config["device"], reseed=False)
-            self.logger.info(set_color(f"Phase {name}", "green") + f": reusing {restored.config['model']} from {path}")
+            trained_here = prefix in self.seconds  # the run's checkpoint holds this phase's seconds: it trained it
+            self.logger.info(set_color(f"Phase {name}", "green") + f": reusing {restored.config['model']} from {path}"
+                             + (", trained by this run before it was stopped" if trained_here else ""))
             restored.model.eval()
-            return restored.model, {"checkpoint": path, "trained": False, "model": restored.config["model"],
-                                    "best_valid_score": None, "best_valid_result": None, "stopped_by": "loaded",
-                                    "fit_seconds": self.seconds.get(prefix)}  # known if this run trained it
+            info = self._record_of_earlier_training(prefix, path) if trained_here else {
+                "trained": False, "best_valid_score": None, "best_valid_result": None, "stopped_by": "loaded",
+                "fit_seconds": None}
+            return restored.model, dict(info, checkpoint=path, model=restored.config["model"])
         phase = self.build(prefix)
         done = phase.trainer.start_epoch >= phase.config["epochs"]  # resumed from a phase that had finished
         self.logger.info(set_color(f"Phase {name}", "green") + (
             f": {phase.config['model']} continued from {phase.config['resume']}, which had finished" if done else
             f": training {phase.config['model']} for up to {phase.config['epochs']} epochs"))
-        best_score, best_result = phase.trainer.fit(phase.data.train, phase.data.valid, verbose=verbose, saved=True,
-                                                    show_progress=show_progress)
+        phase.trainer.fit(phase.data.train, phase.data.valid, verbose=verbose, saved=True,
+                          show_progress=show_progress)
         self.record_seconds(prefix, phase.trainer)
         path = phase.trainer.saved_model_file
         load_model_state(phase.model, load_checkpoint(path, map_location=phase.config["device"]), repr(path))
         phase.model.eval()
-        self.logger.info(set_color(f"Phase {name} done", "green") + f": best valid {best_score} saved in {path}")
-        trainer, seconds = phase.trainer, phase.trainer.epoch_seconds
-        stopped_by = "early stopping" if trainer.cur_step > trainer.stopping_step else "epoch cap"
-        return phase.model, {"checkpoint": path, "trained": True, "model": phase.config["model"],
-                             "best_valid_score": best_score, "best_valid_result": best_result,
-                             "epochs_run": len(trainer.train_loss_dict), "fit_seconds": trainer.fit_seconds(),
-                             "resumed_from": phase.config["resume"], "stopped_by": stopped_by,
-                             "train_seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
+        trainer = phase.trainer
+        self.logger.info(set_color(f"Phase {name} done", "green") + f": best valid {trainer.best_valid_score} "
+                         f"saved in {path}")
+        info = training_record(trainer.best_valid_score, trainer.best_valid_result, trainer.train_loss_dict,
+                               trainer.cur_step, trainer.stopping_step, trainer.epoch_seconds, trainer.fit_seconds())
+        info.update(checkpoint=path, model=phase.config["model"], resumed_from=phase.config["resume"])
+        return phase.model, info
+
+    def _record_of_earlier_training(self, prefix, path):
+        """What :meth:`teacher` returned when this run trained the phase, before the run was stopped: read from the
+        phase's last-epoch file (its training's final state), with the phase's seconds from the run's checkpoint."""
+        last = last_checkpoint_name(path)
+        if not os.path.exists(last):
+            self.logger.warning(f"{last}, the last-epoch file of the phase that trained {path}, is gone: its epochs "
+                                f"and why it stopped are not known")
+            return {"trained": True, "best_valid_score": None, "best_valid_result": None, "stopped_by": None,
+                    "fit_seconds": self.seconds[prefix]}
+        state = load_checkpoint(last)
+        return training_record(state["best_valid_score"], state.get("best_valid_result"),
+                               state.get("train_loss_dict") or {}, state["cur_step"], state["config"]["stopping_step"],
+                               state.get("epoch_seconds") or [], self.seconds[prefix])
+
+
+def training_record(best_valid_score, best_valid_result, train_loss_dict, cur_step, stopping_step, epoch_seconds,
+                    fit_seconds):
+    """How a finished training went, as plain values: its best validation, epochs run, what ended it (RecBole's
+    early stopping ends a training when ``cur_step`` exceeds ``stopping_step``) and its seconds."""
+    return {"trained": True, "best_valid_score": float(best_valid_score), "best_valid_result": best_valid_result,
+            "epochs_run": len(train_loss_dict),
+            "stopped_by": "early stopping" if cur_step > stopping_step else "epoch cap",
+            "train_seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
+            "fit_seconds": float(fit_seconds)}
 
 
 def counterpart_size(run):

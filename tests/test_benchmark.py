@@ -173,6 +173,27 @@ def test_a_plan_stopped_in_a_teacher_phase_continues_the_phase_and_ends_with_the
     assert cut_teacher["fit_seconds"] > cut["fit_seconds_before_resume"]
 
 
+def test_a_plan_stopped_after_a_teacher_phase_reports_the_teacher_as_the_uninterrupted_plan(tiny_data_path, tmp_path):
+    """Killed (SIGKILL) while the student trains, after its teacher phase finished: run again, the plan loads that
+    teacher and its row says what the uninterrupted plan's says (epochs, why it stopped, best validation), not
+    "loaded (given checkpoint)"."""
+    runs = _plan_stopped_and_run_again(
+        tiny_data_path, tmp_path, "EODRec",
+        ["--epochs", "3", "--train_batch_size=4", "--stopping_step", "10", "--teacher_epochs=2",
+         "--n_heads=2", "--inner_size=8", "--num_codebooks=2", "--codebook_size=8", "--code_fit_steps=20"],
+        ("--train_batch_size=64", "--embedding_size", "--inner_size=16"),
+        lambda name: name.startswith("EODRec-") and name.endswith("-last.pth"))
+    ref, cut = runs["ref"]["EODRec@2020"], runs["cut"]["EODRec@2020"]
+    assert set(cut["resumed_from"]) == {"resume"}
+    assert cut["test_ranks"] == ref["test_ranks"] and cut["epochs_run"] == ref["epochs_run"] == 3
+    ref_teacher, cut_teacher = runs["ref"]["EODRec/teacher@2020"], runs["cut"]["EODRec/teacher@2020"]
+    assert cut_teacher["test_ranks"] == ref_teacher["test_ranks"]
+    for key in ("epochs_run", "stopped_by", "best_valid_score"):
+        assert cut_teacher[key] == ref_teacher[key], key
+    assert cut_teacher["stopped_by"] == "epoch cap" and cut_teacher["epochs_run"] == 2
+    assert cut_teacher["fit_seconds"] > 0
+
+
 def test_profiling_counts_what_the_call_allocates():
     def allocate():
         a = torch.empty(1 << 20, dtype=torch.uint8)  # 1 MiB alive ...

@@ -107,23 +107,53 @@ def test_a_resumed_training_counts_the_time_spent_before_the_stop(tiny_config):
     assert load_checkpoint(last)["fit_seconds"] == pytest.approx(run.trainer.fit_seconds())
 
 
-def test_a_run_resumed_after_its_phases_finished_counts_their_time_too(tiny_config):
-    """A teacher-student run resumed from its own file loads its finished teacher instead of training it; the
-    teacher's seconds come from the run's checkpoint, and the run's time before the stop includes them."""
+def test_a_run_resumed_after_its_phases_finished_reports_them_as_the_uninterrupted_run(tiny_config):
+    """A teacher-student run resumed from its own file loads its finished teacher instead of training it, and
+    reports the teacher's training as the uninterrupted run did (trained here, its epochs, best validation, what
+    stopped it, seconds per epoch), not as a checkpoint it was given; the teacher's seconds come from the run's
+    checkpoint, and the run's time before the stop includes them."""
     from recbole_compress.run import seconds_before_resume
 
     cfg = dict(tiny_config, model="EODRec", hidden_size=8, inner_size=8, n_heads=2, num_codebooks=2,
-               codebook_size=8, teacher_epochs=1, epochs=2, code_fit_steps=5, embedding_size=None)
-    result = run_recbole_compress(config_dict=cfg, read_cmd_line=False)
-    last = last_checkpoint_name(result["checkpoint"])
+               codebook_size=8, teacher_epochs=3, teacher_stopping_step=1, epochs=2, code_fit_steps=5,
+               embedding_size=None)
+    first = build(make_config(config_dict=cfg, read_cmd_line=False))
+    first.trainer.fit(first.data.train, first.data.valid, saved=True)
+    uninterrupted = first.trainer.teacher_info
+    assert uninterrupted["trained"] and uninterrupted["epochs_run"] >= 2
+    last = first.trainer.last_model_file
     teacher_seconds = load_checkpoint(last)["phase_seconds"]["teacher_"]
     assert 0 < teacher_seconds < 500
     _as_stopped_after_epoch_zero(last, fit_seconds=1000.0, phase_seconds={"teacher_": 500.0})
     run = build(make_config(config_dict=dict(cfg, resume=last), read_cmd_line=False))
     assert seconds_before_resume(run.trainer) == 1500.0
     run.trainer.fit(run.data.train, run.data.valid, saved=True)
-    assert run.trainer.teacher_info["fit_seconds"] == 500.0 and not run.trainer.teacher_info["trained"]
+    resumed = run.trainer.teacher_info
+    assert resumed["fit_seconds"] == 500.0
+    for key in ("trained", "epochs_run", "stopped_by", "best_valid_score", "best_valid_result",
+                "train_seconds_per_epoch", "checkpoint", "model"):
+        assert resumed[key] == uninterrupted[key], key
     assert load_checkpoint(last)["phase_seconds"] == {"teacher_": 500.0}
+
+
+def test_a_given_teacher_checkpoint_is_reported_as_loaded_not_trained(tiny_config):
+    cfg = dict(tiny_config, model="EODRec", hidden_size=8, inner_size=8, n_heads=2, num_codebooks=2,
+               codebook_size=8, teacher_epochs=1, epochs=1, code_fit_steps=5, embedding_size=None)
+    first = run_recbole_compress(config_dict=cfg, read_cmd_line=False)
+    teacher = load_checkpoint(first["checkpoint"])["config"]["teacher_checkpoint"]
+    run = build(make_config(config_dict=dict(cfg, teacher_checkpoint=teacher), read_cmd_line=False))
+    run.trainer.fit(run.data.train, run.data.valid, saved=True)
+    assert run.trainer.teacher_info["stopped_by"] == "loaded" and not run.trainer.teacher_info["trained"]
+    assert run.trainer.teacher_info["fit_seconds"] is None
+
+
+def test_a_resumed_training_reports_seconds_per_epoch_over_all_its_epochs(tiny_config):
+    result = run_recbole_compress("SASRec", config_dict=dict(tiny_config, epochs=2), read_cmd_line=False)
+    last = last_checkpoint_name(result["checkpoint"])
+    _as_stopped_after_epoch_zero(last, epoch_seconds=[1000.0])
+    run = build(make_config("SASRec", config_dict=dict(tiny_config, epochs=2, resume=last), read_cmd_line=False))
+    run.trainer.fit(run.data.train, run.data.valid, saved=True)
+    assert len(run.trainer.epoch_seconds) == 2 and run.trainer.epoch_seconds[0] == 1000.0
 
 
 def test_a_refused_resume_changes_nothing(tiny_config):

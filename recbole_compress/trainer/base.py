@@ -171,7 +171,7 @@ class CheckpointMixin:
         self._saved = False
         self.last_valid_result = None
         self.last_train_loss = None
-        self.epoch_seconds = []  # training seconds of every epoch this trainer ran (validation excluded)
+        self.epoch_seconds = []  # training seconds of every epoch (validation excluded), before a resume included
         self.last_eval_struct = None  # what RecBole's evaluator got last (per-user top-k hits: rec.topk)
         evaluate = self.evaluator.evaluate
 
@@ -267,6 +267,7 @@ class CheckpointMixin:
             "item_fingerprint": self.item_fingerprint,
             "n_items": int(getattr(self.model, "n_items", 0) or 0),
             "fit_seconds": float(self.fit_seconds()),
+            "epoch_seconds": [float(x) for x in self.epoch_seconds],
             "phase_seconds": dict(phases.seconds) if phases is not None else {},
         }
 
@@ -362,6 +363,7 @@ class CheckpointMixin:
         self._resumed_fingerprint = checkpoint.get("item_fingerprint")
         self._pending_rng = checkpoint.get("rng")
         self.seconds_before_resume = float(checkpoint.get("fit_seconds") or 0.0)  # absent in files before 2026-12-02
+        self.epoch_seconds = [float(x) for x in checkpoint.get("epoch_seconds") or []]  # absent before 2026-12-03
         if getattr(self, "phases", None) is not None:
             self.phases.restore_seconds(checkpoint.get("phase_seconds") or {})
         self.logger.info(f"Checkpoint {path} loaded. Resume training from epoch {self.start_epoch}")
