@@ -61,7 +61,6 @@ import copy
 import hashlib
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -394,7 +393,7 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
     test split; returns its records (and the teacher's, for a teacher-student entry)."""
     from recbole_compress.logs import start_logging
     from recbole_compress.profiling import count_parameters, state_dict_bytes
-    from recbole_compress.run import build, fit_and_test, make_config, run_files, seconds_before_resume
+    from recbole_compress.run import build, fit_and_test, make_config, run_files, seconds_before_resume, training_record
 
     digest = digest or settings_hash(plan, entry)
     cfg = entry_config(plan, entry, seed, output_dir)
@@ -415,15 +414,15 @@ def train_entry(plan, entry, seed, output_dir, digest=None):
     start = time.perf_counter()
     result = fit_and_test(run, saved=True, show_progress=False)
     trainer, model = run.trainer, run.model
+    training = training_record(result["best_valid_score"], None, trainer.train_loss_dict, trainer.cur_step,
+                               trainer.stopping_step, trainer.epoch_seconds,
+                               time.perf_counter() - start + seconds_before_resume(trainer))
     record = {
         "label": entry["label"], "model": entry["model"], "seed": seed,
         "test_result": {k: float(v) for k, v in result["test_result"].items()},
         "test_ranks": test_ranks(trainer),
-        "best_valid_score": float(result["best_valid_score"]),
-        "epochs_run": len(trainer.train_loss_dict),
-        "stopped_by": "early stopping" if trainer.cur_step > trainer.stopping_step else "epoch cap",
-        "train_seconds_per_epoch": statistics.mean(trainer.epoch_seconds) if trainer.epoch_seconds else None,
-        "fit_seconds": time.perf_counter() - start + seconds_before_resume(trainer),
+        **{key: training[key] for key in ("best_valid_score", "epochs_run", "stopped_by", "train_seconds_per_epoch",
+                                          "fit_seconds")},
         "fit_seconds_before_resume": seconds_before_resume(trainer) if resume else None,
         "resumed_from": resume or None,
         "checkpoint": trainer.saved_model_file,
