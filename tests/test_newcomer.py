@@ -28,7 +28,7 @@ def test_cpu_budget_progress_sizes_and_no_noise(tiny_data_path, tmp_path):
     err, out = proc.stderr, proc.stdout
     assert "No GPU found: a CPU budget applies (epochs=5, stopping_step=3" in err
     assert re.search(r"progress.*epoch 1 of 5 starts", err), err[-2000:]
-    assert "budget" in err and "early stopping after 3 validations" in err
+    assert "budget" in err and "early stopping after 4 validations in a row" in err  # RecBole: > stopping_step
     row = next(line for line in out.splitlines() if line.startswith("| LSAN"))
     assert "SASRec: " in row and re.search(r"\| \d\.\d{3}x \|", row), row  # LSAN's size beside SASRec's
     assert "best valid MRR@10" in out  # the column says its metric (RecBole's default valid_metric)

@@ -309,8 +309,8 @@ class CheckpointMixin:
         if verbose:
             self.logger.info(
                 set_color("budget", "blue") + f": {type(self.model).__name__}, epochs {self.start_epoch}.."
-                f"{self.epochs - 1} (epochs={self.epochs}), early stopping after {self.stopping_step} validations "
-                f"without improvement of {self.config['valid_metric']}, batch size {self.config['train_batch_size']}"
+                f"{self.epochs - 1} (epochs={self.epochs}), early stopping after {self.stopping_step + 1} "
+                f"validations in a row without improvement of {self.config['valid_metric']}, batch size {self.config['train_batch_size']}"
             )
         try:
             result = super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
