@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from recbole_compress.model.layers.fast_dropout import FastDropout
 from recbole_compress.errors import ConfigError
 
 
@@ -65,7 +66,7 @@ class AdaptiveSoftmax(nn.Module):
                 for k, dj in zip(sizes[1:], self.cluster_dims[1:])
             ]
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self):

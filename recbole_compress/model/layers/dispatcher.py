@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from recbole_compress.model.layers.fast_dropout import FastDropout
 from recbole_compress.model.layers.twin_attention import rows_at
 
 
@@ -45,9 +46,9 @@ class CrossMultiHeadAttention(nn.Module):
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
-        self.attn_dropout = nn.Dropout(attn_dropout_prob)
+        self.attn_dropout = FastDropout(attn_dropout_prob)
         self.dense = nn.Linear(hidden_size, hidden_size)
-        self.out_dropout = nn.Dropout(hidden_dropout_prob)
+        self.out_dropout = FastDropout(hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def _heads(self, x):

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from recbole.model.layers import MultiHeadAttention
 from torch import nn
 
+from recbole_compress.model.layers.fast_dropout import FastDropout, use_fast_dropout
+
 WEIGHTINGS = ("softmax", "ste", "none")
 
 
@@ -125,7 +127,8 @@ class HierarchicalQueryNetwork(nn.Module):
         self.n_levels = self.levels_needed(max_seq_length, stride) if n_levels == 0 else n_levels
         self.projections = nn.ModuleList(nn.Linear(stride * hidden_size, hidden_size) for _ in range(self.n_levels))
         self.attentions = nn.ModuleList(
-            MultiHeadAttention(n_heads, hidden_size, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps)
+            use_fast_dropout(MultiHeadAttention(n_heads, hidden_size, hidden_dropout_prob, attn_dropout_prob,
+                                                layer_norm_eps))
             for _ in range(self.n_levels)
         )
 
@@ -217,13 +220,13 @@ class ProductKeyMemory(nn.Module):
         self.n_slots = heads * topk
 
         self.query_network = query_network
-        self.input_dropout = nn.Dropout(input_dropout)
+        self.input_dropout = FastDropout(input_dropout)
         self.query_proj = nn.Linear(input_size, heads * key_size)
         self.query_bn = nn.BatchNorm1d(heads * key_size) if query_batchnorm else None
-        self.query_dropout = nn.Dropout(query_dropout)
+        self.query_dropout = FastDropout(query_dropout)
         self.sub_keys = nn.Parameter(torch.empty(heads, 2, n_keys, key_size // 2))
         self.values = nn.Parameter(torch.empty(self.memory_size, value_size))
-        self.value_dropout = nn.Dropout(value_dropout)
+        self.value_dropout = FastDropout(value_dropout)
         self.usage_counts = None
         self.reset_parameters()
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_compress.model.layers.fast_dropout import FastDropout
+
 _ACT = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 
@@ -114,7 +116,7 @@ class SelfAttentionHeads(nn.Module):
         self.query = nn.Linear(self.hidden_size, self.out_dim)
         self.key = nn.Linear(self.hidden_size, self.out_dim)
         self.value = nn.Linear(self.hidden_size, self.out_dim)
-        self.attn_dropout = nn.Dropout(attn_dropout_prob)
+        self.attn_dropout = FastDropout(attn_dropout_prob)
         self.last_attention = None  # probabilities of the last call when keep_attention is set (for inspection)
         self.keep_attention = False
 
@@ -197,11 +199,11 @@ class TwinAttentionLayer(nn.Module):
             raise ValueError(f"hidden_act must be one of {sorted(_ACT)}, got {hidden_act!r}")
         inner_size = int(inner_size or hidden_size)
         self.twin = TwinAttention(hidden_size, n_heads, kernel_size, mode, head_width, conv_padding, attn_dropout_prob)
-        self.dropout1 = nn.Dropout(hidden_dropout_prob)
+        self.dropout1 = FastDropout(hidden_dropout_prob)
         self.ffn_in = nn.Linear(hidden_size, inner_size)
         self.ffn_out = nn.Linear(inner_size, hidden_size)
         self.act = _ACT[hidden_act]
-        self.dropout2 = nn.Dropout(hidden_dropout_prob)
+        self.dropout2 = FastDropout(hidden_dropout_prob)
         self.use_residual_ln = bool(use_residual_ln)
         if self.use_residual_ln:
             self.norm1 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)

@@ -38,6 +38,7 @@ from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_compress.model.layers.fast_dropout import FastDropout
 from recbole_compress.model.layers.nas_cell import NASCell, validate_genotype
 from recbole_compress.model.layers.nas_ops import CANDIDATE_OPS, parse_op_name
 from recbole_compress.config_keys import Key, Phase, Relation
@@ -151,9 +152,9 @@ class AdaRec(SequentialRecommender):
 
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.embedding_size)
-        self.emb_dropout = nn.Dropout(config["dropout_prob"])
+        self.emb_dropout = FastDropout(config["dropout_prob"])
         self.cells = nn.ModuleList()
-        self.out_dropout = nn.Dropout(config["dropout_prob"])
+        self.out_dropout = FastDropout(config["dropout_prob"])
         self.output = nn.Linear(self.embedding_size, self.n_items)
         self.loss_fct = nn.CrossEntropyLoss()
         self.genotype = None

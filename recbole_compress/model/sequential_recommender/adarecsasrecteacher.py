@@ -29,6 +29,7 @@ from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_compress.model.layers.fast_dropout import FastDropout
 from recbole_compress.config_keys import Key, Relation
 
 
@@ -47,9 +48,9 @@ class CausalSelfAttentionBlock(nn.Module):
         self.ffn = nn.Sequential(
             nn.Linear(hidden_size, hidden_size),
             nn.ReLU(),
-            nn.Dropout(dropout_prob),
+            FastDropout(dropout_prob),
             nn.Linear(hidden_size, hidden_size),
-            nn.Dropout(dropout_prob),
+            FastDropout(dropout_prob),
         )
         if rezero:
             self.rezero = nn.Parameter(torch.zeros(1))
@@ -97,7 +98,7 @@ class AdaRecSASRecTeacher(SequentialRecommender):
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
-        self.emb_dropout = nn.Dropout(config["dropout_prob"])
+        self.emb_dropout = FastDropout(config["dropout_prob"])
         self.blocks = nn.ModuleList(
             CausalSelfAttentionBlock(self.hidden_size, self.n_heads, config["dropout_prob"], config["use_rezero"],
                                      config["layer_norm_eps"])

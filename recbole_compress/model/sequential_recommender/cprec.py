@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_compress.model.layers.fast_dropout import FastDropout
 from recbole_compress.model.layers.adaptive_embedding import AdaptiveEmbedding, adaptive_embedding_parameters
 from recbole_compress.model.layers.adaptive_softmax import AdaptiveSoftmax, adaptive_softmax_parameters
 from recbole_compress.config_keys import Key
@@ -126,7 +127,7 @@ class CpRec(SequentialRecommender):
             self.output_layer = nn.Linear(d, self.n_items, bias=True)
             nn.init.normal_(self.output_layer.weight, std=0.01)
             nn.init.constant_(self.output_layer.bias, 0.1)
-            self.output_dropout = nn.Dropout(self.dropout_prob)
+            self.output_dropout = FastDropout(self.dropout_prob)
 
     # ------------------------------------------------------------------------------------------------------------
     def encode(self, item_seq):

@@ -26,6 +26,7 @@ from torch import nn
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 
+from recbole_compress.model.layers.fast_dropout import FastDropout, use_fast_dropout
 from recbole_compress.model.layers.soft_attention_readout import SoftAttentionReadout
 from recbole_compress.config_keys import Key, Relation
 
@@ -80,8 +81,8 @@ class SoftAttentionTransformer(nn.Module):
         hidden = config["hidden_size"]
         self.position_embedding = nn.Embedding(max_seq_length, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=config["layer_norm_eps"])
-        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
-        self.trm_encoder = TransformerEncoder(
+        self.dropout = FastDropout(config["hidden_dropout_prob"])
+        self.trm_encoder = TransformerEncoder(  # its dropouts become FastDropout below
             n_layers=config["n_layers"],
             n_heads=config["n_heads"],
             hidden_size=hidden,
@@ -91,6 +92,7 @@ class SoftAttentionTransformer(nn.Module):
             hidden_act=config["hidden_act"],
             layer_norm_eps=config["layer_norm_eps"],
         )
+        use_fast_dropout(self.trm_encoder)
         self.readout = SoftAttentionReadout(hidden)
 
     @staticmethod

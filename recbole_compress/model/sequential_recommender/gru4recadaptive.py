@@ -13,6 +13,7 @@ from torch.nn.init import xavier_normal_, xavier_uniform_
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_compress.model.layers.fast_dropout import FastDropout
 from recbole_compress.model.layers.adaptive_embedding import AdaptiveEmbedding
 from recbole_compress.model.layers.adaptive_softmax import AdaptiveSoftmax
 from recbole_compress.config_keys import Key
@@ -75,7 +76,7 @@ class GRU4RecAdaptive(SequentialRecommender):
             self.item_embedding = AdaptiveEmbedding(self.blocks, d, self.cluster_dims)
         else:
             self.item_embedding = nn.Embedding(self.n_items, d, padding_idx=0)
-        self.emb_dropout = nn.Dropout(self.dropout_prob)
+        self.emb_dropout = FastDropout(self.dropout_prob)
         self.gru_layers = nn.GRU(
             input_size=d,
             hidden_size=self.hidden_size,

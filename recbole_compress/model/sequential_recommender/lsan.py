@@ -68,6 +68,7 @@ from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_compress.model.layers.fast_dropout import FastDropout
 from recbole_compress.data.time_slot_dataset import TimeSlotSequentialDataset, register_dataset, slot_field_name
 from recbole_compress.model.layers.compositional_embedding import (
     QuotientRemainderEmbedding,
@@ -252,7 +253,7 @@ class LSAN(SequentialRecommender):
         # ---- twin attention (§3.2) --------------------------------------------------------------------------------
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
-        self.dropout = nn.Dropout(self.hidden_dropout_prob)
+        self.dropout = FastDropout(self.hidden_dropout_prob)
         self.encoder = self._build_encoder(config)
 
         # ---- prediction layer, Eq.(14) --------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from recbole.model.layers import FeedForward, MultiHeadAttention
 from recbole.model.loss import BPRLoss
 from torch import nn
 
+from recbole_compress.model.layers.fast_dropout import FastDropout, use_fast_dropout
 from recbole_compress.model.layers.dispatcher import DispatcherAttention
 from recbole_compress.model.layers.product_key_memory import (
     WEIGHTINGS,
@@ -163,6 +164,7 @@ class PKMACTBlock(nn.Module):
             if carry_out:
                 self.ffn_p = FeedForward(*ffn_args)
         self.ffn_x = FeedForward(*ffn_args)
+        use_fast_dropout(self)  # RecBole's attention and feed-forward draw torch's slower CPU dropout masks
         self.reset_memory_parameters()
 
     def reset_memory_parameters(self):
@@ -223,7 +225,7 @@ class PKMACT(SequentialRecommender):
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
-        self.dropout = nn.Dropout(self.hidden_dropout_prob)
+        self.dropout = FastDropout(self.hidden_dropout_prob)
         self.blocks = nn.ModuleList(
             PKMACTBlock(config, self.max_seq_length, carry_out=self.carry and i < self.n_layers - 1)
             for i in range(self.n_layers)
