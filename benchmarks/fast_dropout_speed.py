@@ -2,11 +2,12 @@
 ``nn.Dropout``, timed interleaved in one process on one thread (docs/benchmarks/fast_dropout.md).
 
     PYTHONPATH=. python benchmarks/fast_dropout_speed.py [--dataset ml-100k] [--data_path <datasets folder>] \
-        [--models EODRecTeacher,EODRec,LSAN,PKMACT,CpRec] [--repeats 5] [--output fast_dropout.json]
+        [--models EODRecTeacher,EODRec,LSAN,PKMACT,CpRec] [--repeats 5] [--output fast_dropout.json] \
+        [--hidden_size 64] [--max_len 20]
 
 Each model is built untrained with its YAML defaults at batch 256; the "torch" copy is a deep copy whose FastDropout
 modules are turned back into ``nn.Dropout`` of the same ``p`` (same parameters, same batches, its own Adam). EODRec
-is timed in its distillation stage (codes fitted briefly and frozen, trainable teacher), where a step runs the
+is timed in its distillation stage (codes fitted briefly and frozen as fitted, trainable teacher), where a step runs the
 student and the teacher.
 """
 import argparse
@@ -59,7 +60,10 @@ def build_model(name, dataset, cfg):
     if name != "EODRec":
         run = build(make_config(name, dataset, None, cfg, read_cmd_line=False))
         return run.model, run.data
-    run = build(make_config("EODRec", dataset, None, {**cfg, "code_fit_steps": 50}, read_cmd_line=False))
+    # an untrained teacher's codes collide massively, and repairing them searches long; a step's time does not
+    # depend on which codes the items have, so they are kept as fitted
+    run = build(make_config("EODRec", dataset, None, {**cfg, "code_fit_steps": 50, "code_collision_handling": "none"},
+                            read_cmd_line=False))
     teacher = get_model("EODRecTeacher")(make_config("EODRecTeacher", dataset, None, cfg, read_cmd_line=False),
                                          run.data.train._dataset)
     student = run.model
@@ -79,11 +83,16 @@ def main():
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", help="JSON file for the medians and ratios")
+    parser.add_argument("--hidden_size", type=int, help="hidden_size of every model (default: each model's YAML)")
+    parser.add_argument("--max_len", type=int, help="MAX_ITEM_LIST_LENGTH (default: RecBole's 50)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = {"state": "ERROR", "train_batch_size": 256, "show_progress": False}
     if args.data_path:  # the plans' datasets (ml-100k keeps RecBole's columns: LSAN reads its item classes)
         cfg.update(data_path=args.data_path, load_col={"inter": ["user_id", "item_id", "timestamp"]})
+    for key, value in (("hidden_size", args.hidden_size), ("MAX_ITEM_LIST_LENGTH", args.max_len)):
+        if value is not None:
+            cfg[key] = value
     rows = {}
     print(f"{args.dataset}, batch 256, {args.batches} training steps per timing, one thread, medians of "
           f"{args.repeats}\n\n| model | FastDropout (ms/step) | torch's dropout (ms/step) | ratio |\n|---|---|---|---|")
@@ -98,7 +107,7 @@ def main():
         print(f"| {name} | {fast:.1f} | {slow:.1f} | {fast / slow:.3f} |", flush=True)
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"dataset": args.dataset, "batch": 256, "repeats": args.repeats, "models": rows,
+            json.dump({"dataset": args.dataset, "batch": 256, "hidden_size": args.hidden_size, "max_len": args.max_len, "repeats": args.repeats, "models": rows,
                        "torch": torch.__version__}, f, indent=1)
 
 
