@@ -107,8 +107,8 @@ def main():
         print(f"| {name} | {fast:.1f} | {slow:.1f} | {fast / slow:.3f} |", flush=True)
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"dataset": args.dataset, "batch": 256, "hidden_size": args.hidden_size, "max_len": args.max_len, "repeats": args.repeats, "models": rows,
-                       "torch": torch.__version__}, f, indent=1)
+            json.dump({"dataset": args.dataset, "batch": 256, "hidden_size": args.hidden_size, "max_len": args.max_len,
+                       "repeats": args.repeats, "models": rows, "torch": torch.__version__}, f, indent=1)
 
 
 if __name__ == "__main__":
