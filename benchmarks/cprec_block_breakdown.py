@@ -1,0 +1,81 @@
+"""Test NDCG@10 of a CpRec model against its counterpart, split by the frequency block of each user's test item.
+
+    PYTHONPATH=. python benchmarks/cprec_block_breakdown.py <results.json with the CpRec row> \
+        [--counterpart_results <results.json with the counterpart row>] [--label CpRec-Ab] [--seed 2020]
+
+The question it answers (issue 16): does a tail block of small width (4 at width 64 with the paper's factor 4) limit
+CpRec's accuracy? If it did, CpRec's ratio to the uncompressed model would be much lower on test items of the tail
+block than on the head's. Both rows must come from one plan and split (the same test users in the same order); the
+blocks are those of the CpRec checkpoint (its training split's frequency ranking), rebuilt with its dataset.
+"""
+import argparse
+import json
+
+import numpy as np
+
+from recbole_compress.intervals import ndcg_from_ranks, ratio_interval
+
+
+def block_breakdown(ranks, counterpart_ranks, target_blocks, n_blocks, repeats=None, replicates=2000):
+    """Per block of the test item: its share of users, the share of them whose test item is in their history
+    (``repeats``: one bool per user, optional), both models' mean NDCG@10, the ratio and its 95 % paired bootstrap
+    interval over the users of that block."""
+    a, b = ndcg_from_ranks(ranks), ndcg_from_ranks(counterpart_ranks)
+    target_blocks = np.asarray(target_blocks)
+    repeats = np.zeros(len(a), dtype=bool) if repeats is None else np.asarray(repeats, dtype=bool)
+    rows = []
+    for block in range(n_blocks):
+        users = target_blocks == block
+        mean_a, mean_b = float(a[users].mean()), float(b[users].mean())
+        low, high = ratio_interval(a[users], b[users], replicates=replicates)
+        rows.append({"block": block, "users": int(users.sum()), "share": float(users.mean()),
+                     "repeats": float(repeats[users].mean()), "ndcg@10": mean_a, "counterpart_ndcg@10": mean_b,
+                     "ratio": mean_a / mean_b, "ci": [low, high]})
+    return rows
+
+
+def _run(path, label, seed):
+    with open(path) as f:
+        results = json.load(f)
+    return results["test_users"], results["runs"][f"{label}@{seed}"]
+
+
+def _targets_and_blocks(checkpoint):
+    import torch
+
+    from recbole_compress.run import restore
+
+    restored = restore(checkpoint)
+    item_field = restored.config["ITEM_ID_FIELD"]
+    history_field = item_field + restored.config["LIST_SUFFIX"]
+    targets = torch.cat([batch[0][item_field] for batch in restored.data.test])
+    histories = torch.cat([batch[0][history_field] for batch in restored.data.test])
+    repeats = (histories == targets.unsqueeze(1)).any(dim=1).numpy()
+    blocks = restored.model.blocks
+    return blocks.item_cluster[targets].numpy(), repeats, len(blocks.bounds) - 1, blocks.bounds.tolist()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results")
+    parser.add_argument("--counterpart_results", default=None)
+    parser.add_argument("--label", default="CpRec-Ab")
+    parser.add_argument("--counterpart", default="NextItNet-uncompressed")
+    parser.add_argument("--seed", type=int, default=2020)
+    args = parser.parse_args()
+    users, run = _run(args.results, args.label, args.seed)
+    other_users, other = _run(args.counterpart_results or args.results, args.counterpart, args.seed)
+    if users != other_users:
+        raise SystemExit("the two rows were scored on different test users: not the same plan and split")
+    target_blocks, repeats, n_blocks, bounds = _targets_and_blocks(run["checkpoint"])
+    print(f"{args.label} against {args.counterpart}, seed {args.seed}; block bounds (frequency ranks) {bounds}")
+    print("| block | test users | share | in history | NDCG@10 | counterpart | ratio [95 % CI] |")
+    print("|---|---|---|---|---|---|---|")
+    for row in block_breakdown(run["test_ranks"], other["test_ranks"], target_blocks, n_blocks, repeats):
+        print(f"| {row['block']} | {row['users']:,} | {row['share']:.1%} | {row['repeats']:.1%} | "
+              f"{row['ndcg@10']:.4f} | "
+              f"{row['counterpart_ndcg@10']:.4f} | {row['ratio']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] |")
+
+
+if __name__ == "__main__":
+    main()
