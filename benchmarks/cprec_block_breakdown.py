@@ -6,7 +6,9 @@
 The question it answers (issue 16): does a tail block of small width (4 at width 64 with the paper's factor 4) limit
 CpRec's accuracy? If it did, CpRec's ratio to the uncompressed model would be much lower on test items of the tail
 block than on the head's. Both rows must come from one plan and split (the same test users in the same order); the
-blocks are those of the CpRec checkpoint (its training split's frequency ranking), rebuilt with its dataset.
+blocks are those of the CpRec checkpoint (its training split's frequency ranking), rebuilt with its dataset. It also
+prints, for every tail block, how often the test item is in the top 10 of that block's own softmax and the block's
+mean probability from the head: a block too narrow to rank its items apart shows a low first figure.
 """
 import argparse
 import json
@@ -34,6 +36,33 @@ def block_breakdown(ranks, counterpart_ranks, target_blocks, n_blocks, repeats=N
     return rows
 
 
+def within_block(model, data, blocks, k=10):
+    """For the test users whose item is in a tail block j: the share with the item in the top ``k`` of that block's
+    own softmax ``p(item | block j)``, and their mean ``p(block j)`` from the head. Tells a tail block that cannot
+    rank its items apart from one whose items rank well but whose block probability keeps them out of the top k."""
+    import torch
+
+    out = model.output_layer
+    k1, hits, mass, users = out.shortlist_size, {}, {}, {}
+    with torch.no_grad():
+        for batch in data.test:
+            interaction = batch[0]
+            h = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
+            target = interaction[model.POS_ITEM_ID]
+            block, local = blocks.item_cluster[target], blocks.item_local[target]
+            head = out._head_log_prob(h)
+            for j in range(1, blocks.n_clusters):
+                rows = block == j
+                if rows.any():
+                    tail = out._tail_log_prob(j, h[rows])
+                    rank = (tail > tail.gather(1, local[rows].unsqueeze(1))).sum(dim=1)
+                    hits[j] = hits.get(j, 0) + int((rank < k).sum())
+                    mass[j] = mass.get(j, 0.0) + float(head[rows, k1 + j - 1].exp().sum())
+                    users[j] = users.get(j, 0) + int(rows.sum())
+    return {j: {"users": users[j], f"top{k}_in_block": hits[j] / users[j], "mean_block_probability": mass[j] / users[j]}
+            for j in users}
+
+
 def _run(path, label, seed):
     with open(path) as f:
         results = json.load(f)
@@ -52,7 +81,9 @@ def _targets_and_blocks(checkpoint):
     histories = torch.cat([batch[0][history_field] for batch in restored.data.test])
     repeats = (histories == targets.unsqueeze(1)).any(dim=1).numpy()
     blocks = restored.model.blocks
-    return blocks.item_cluster[targets].numpy(), repeats, len(blocks.bounds) - 1, blocks.bounds.tolist()
+    restored.model.eval()
+    probe = within_block(restored.model, restored.data, blocks)
+    return blocks.item_cluster[targets].numpy(), repeats, len(blocks.bounds) - 1, blocks.bounds.tolist(), probe
 
 
 def main():
@@ -67,7 +98,7 @@ def main():
     other_users, other = _run(args.counterpart_results or args.results, args.counterpart, args.seed)
     if users != other_users:
         raise SystemExit("the two rows were scored on different test users: not the same plan and split")
-    target_blocks, repeats, n_blocks, bounds = _targets_and_blocks(run["checkpoint"])
+    target_blocks, repeats, n_blocks, bounds, probe = _targets_and_blocks(run["checkpoint"])
     print(f"{args.label} against {args.counterpart}, seed {args.seed}; block bounds (frequency ranks) {bounds}")
     print("| block | test users | share | in history | NDCG@10 | counterpart | ratio [95 % CI] |")
     print("|---|---|---|---|---|---|---|")
@@ -75,6 +106,10 @@ def main():
         print(f"| {row['block']} | {row['users']:,} | {row['share']:.1%} | {row['repeats']:.1%} | "
               f"{row['ndcg@10']:.4f} | "
               f"{row['counterpart_ndcg@10']:.4f} | {row['ratio']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] |")
+
+    for j, row in probe.items():
+        print(f"tail block {j}: {row['users']:,} test users; item in the top 10 of p(item | block): "
+              f"{row['top10_in_block']:.1%}; mean p(block) from the head: {row['mean_block_probability']:.3f}")
 
 
 if __name__ == "__main__":
