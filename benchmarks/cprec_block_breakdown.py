@@ -81,6 +81,8 @@ def _targets_and_blocks(checkpoint):
     histories = torch.cat([batch[0][history_field] for batch in restored.data.test])
     repeats = (histories == targets.unsqueeze(1)).any(dim=1).numpy()
     blocks = restored.model.blocks
+    if blocks is None or not restored.model.adaptive_output:
+        raise SystemExit(f"{checkpoint} is a CpRec without the block-wise tree softmax: it has no blocks to split by")
     restored.model.eval()
     probe = within_block(restored.model, restored.data, blocks)
     return blocks.item_cluster[targets].numpy(), repeats, len(blocks.bounds) - 1, blocks.bounds.tolist(), probe
@@ -104,9 +106,8 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for row in block_breakdown(run["test_ranks"], other["test_ranks"], target_blocks, n_blocks, repeats):
         print(f"| {row['block']} | {row['users']:,} | {row['share']:.1%} | {row['repeats']:.1%} | "
-              f"{row['ndcg@10']:.4f} | "
-              f"{row['counterpart_ndcg@10']:.4f} | {row['ratio']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] |")
-
+              f"{row['ndcg@10']:.4f} | {row['counterpart_ndcg@10']:.4f} | "
+              f"{row['ratio']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] |")
     for j, row in probe.items():
         print(f"tail block {j}: {row['users']:,} test users; item in the top 10 of p(item | block): "
               f"{row['top10_in_block']:.1%}; mean p(block) from the head: {row['mean_block_probability']:.3f}")
