@@ -54,3 +54,18 @@ def test_the_probe_evaluates_the_teacher_on_each_code_size_and_keeps_every_resul
     # two code values for all items reconstruct the teacher's table worse than 64 tuples
     errors = {size: stats["relative_reconstruction_error"] for size, stats in result["sizes"].items()}
     assert errors["1x2"] > errors["2x8"]
+
+
+def test_residual_kmeans_codes_recover_a_table_built_from_codes():
+    # every item is the sum of one vector from each of two codebooks at different scales, each tuple used once:
+    # residual k-means must find both codebooks (near-zero error); one codebook alone can only give the first
+    torch.manual_seed(1)
+    books = torch.stack([torch.randn(6, 8) * 10, torch.randn(6, 8) * 2])
+    codes = torch.cartesian_prod(torch.arange(6), torch.arange(6))
+    items = books[0][codes[:, 0]] + books[1][codes[:, 1]] + 0.01 * torch.randn(36, 8)
+    x = torch.cat([torch.zeros(1, 8), items])
+    table, stats = capacity.composite_table(x, 2, 6, steps=0, seed=0, codes_from="residual")
+    assert stats["codes_from"] == "residual" and stats["unresolved"] == 0 and table.shape == x.shape
+    assert stats["relative_reconstruction_error"] < 0.05
+    _, one_stats = capacity.composite_table(x, 1, 6, steps=0, seed=0, codes_from="residual")
+    assert one_stats["relative_reconstruction_error"] > 10 * stats["relative_reconstruction_error"]
