@@ -15,6 +15,7 @@ import json
 
 import numpy as np
 
+from benchmarks.repeat_breakdown import targets_and_repeats
 from recbole_compress.intervals import ndcg_from_ranks, ratio_interval
 
 
@@ -70,16 +71,10 @@ def _run(path, label, seed):
 
 
 def _targets_and_blocks(checkpoint):
-    import torch
-
     from recbole_compress.run import restore
 
     restored = restore(checkpoint)
-    item_field = restored.config["ITEM_ID_FIELD"]
-    history_field = item_field + restored.config["LIST_SUFFIX"]
-    targets = torch.cat([batch[0][item_field] for batch in restored.data.test])
-    histories = torch.cat([batch[0][history_field] for batch in restored.data.test])
-    repeats = (histories == targets.unsqueeze(1)).any(dim=1).numpy()
+    targets, repeats = targets_and_repeats(restored)
     blocks = restored.model.blocks
     if blocks is None or not restored.model.adaptive_output:
         raise SystemExit(f"{checkpoint} is a CpRec without the block-wise tree softmax: it has no blocks to split by")

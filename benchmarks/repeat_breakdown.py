@@ -55,18 +55,23 @@ def load_runs(paths):
     return runs, users
 
 
-def repeats_of(checkpoint):
-    """One bool per test user (in the loader's order): is the test item in the user's history?"""
+def targets_and_repeats(restored):
+    """The test items of a restored run (:func:`recbole_compress.run.restore`) in the test loader's order, and one
+    bool per test user: is the test item in the user's history?"""
     import torch
 
-    from recbole_compress.run import restore
-
-    restored = restore(checkpoint)
     item_field = restored.config["ITEM_ID_FIELD"]
     history_field = item_field + restored.config["LIST_SUFFIX"]
     targets = torch.cat([batch[0][item_field] for batch in restored.data.test])
     histories = torch.cat([batch[0][history_field] for batch in restored.data.test])
-    return (histories == targets.unsqueeze(1)).any(dim=1).numpy()
+    return targets, (histories == targets.unsqueeze(1)).any(dim=1).numpy()
+
+
+def repeats_of(checkpoint):
+    """One bool per test user (in the loader's order): is the test item in the user's history?"""
+    from recbole_compress.run import restore
+
+    return targets_and_repeats(restore(checkpoint))[1]
 
 
 def main(argv=None):
