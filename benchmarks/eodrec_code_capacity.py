@@ -8,8 +8,8 @@ For every code size ``MxK``: fit a code encoder and codebooks to the teacher's i
 the codes unique (``code_collision_handling: repair``), refit the codebooks by least squares for those codes
 (``codebook_refit``), then evaluate the teacher (RecBole's full-ranking test on the run's own split) with its item
 table replaced by the composite table. This is the accuracy the teacher's own backbone gets from such codes, a cheap
-guide to the code size (a distilled student can do better or worse). Also reports the relative reconstruction error, the paper's
-compression ratio (Eq. 13) and how many items shared a code before the repair.
+guide to the code size (a distilled student can do better or worse). Also reports the relative reconstruction
+error, the paper's compression ratio (Eq. 13) and how many items shared a code before the repair.
 """
 import argparse
 import json
