@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from recbole_compress.intervals import ratio_interval
+from recbole_compress.intervals import ndcg_from_ranks, ratio_interval
 from recbole_compress.run import restore
 
 GROUPS = ("history", "neighbour_3", "neighbour_2", "other")
@@ -53,7 +53,7 @@ def outrankers(scores, targets, history, codes, generator=None, k=10):
 def probe(model, data, item_field, history_field, codes, batches):
     """The outrankers of repeated items (means per repeat user) over the first ``batches`` validation batches (0: all),
     and every user's NDCG@10 there with a flag for a repeated item."""
-    totals, ndcg, repeats, generator = {}, [], [], torch.Generator().manual_seed(0)
+    totals, ranks, repeats, generator = {}, [], [], torch.Generator().manual_seed(0)
     model.eval()
     with torch.no_grad():
         for i, batch in enumerate(data):
@@ -64,7 +64,7 @@ def probe(model, data, item_field, history_field, codes, batches):
             scores = model.full_sort_predict(interaction).view(len(repeat), -1)
             scores[:, 0] = -float("inf")
             rank = (scores > scores.gather(1, interaction[item_field].unsqueeze(1))).sum(1)
-            ndcg.append(torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2.0), torch.zeros(1).double()))
+            ranks.append(rank)
             repeats.append(repeat)
             if not repeat.any():
                 continue
@@ -79,7 +79,7 @@ def probe(model, data, item_field, history_field, codes, batches):
     summary = {"users": users, **{k: totals[k] / users for k in ("top1", "top10") + GROUPS}}
     for key in ("other_coverage", "random_coverage"):
         summary[key] = sum(totals[key]) / len(totals[key]) if totals[key] else float("nan")
-    return summary, torch.cat(ndcg).numpy(), torch.cat(repeats).numpy()
+    return summary, ndcg_from_ranks(torch.cat(ranks).numpy()), torch.cat(repeats).numpy()
 
 
 def main(argv=None):

@@ -26,8 +26,7 @@ def group_breakdown(ranks, counterpart_ranks, groups, names, replicates=2000):
 
     ``ranks``, ``counterpart_ranks``: ``[seeds, users]`` 0-based ranks of the test item (-1: not in the top 10);
     ``groups``: one integer per user indexing ``names``."""
-    a = np.atleast_2d([ndcg_from_ranks(r) for r in np.atleast_2d(ranks)])
-    b = np.atleast_2d([ndcg_from_ranks(r) for r in np.atleast_2d(counterpart_ranks)])
+    a, b = ndcg_from_ranks(np.atleast_2d(ranks)), ndcg_from_ranks(np.atleast_2d(counterpart_ranks))
     groups = np.asarray(groups)
     rows = []
     for group, name in enumerate(names):
