@@ -666,3 +666,53 @@ def test_its_size_leaves_out_the_training_only_parts_which_scoring_never_reads(t
         train_ml, _, _ = data_preparation(config, create_dataset(config))
         sizes[cls.__name__] = count_parameters(cls(config, train_ml._dataset), inference=True)
     assert sizes["EODRec"] < sizes["EODRecTeacher"], sizes
+
+
+# -- code_composition: pair_product ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, named", [
+    ({"score_method": "gather"}, "score_method must be one of"),
+    ({"codebook_refit": True}, "codebook_refit .* needs code_composition 'sum'"),
+    ({"num_codebooks": 1}, "num_codebooks >= 2"),
+])
+def test_pair_product_settings_are_checked_before_any_data_loads(tiny_config, extra, named):
+    from recbole_compress.run import make_config
+
+    with pytest.raises(ConfigError, match=named):
+        make_config("EODRec", config_dict=_cfg(tiny_config, code_composition="pair_product", **extra),
+                    read_cmd_line=False)
+    make_config("EODRec", config_dict=_cfg(tiny_config, code_composition="pair_product"), read_cmd_line=False)
+
+
+def test_pair_product_student_learns_its_factors_and_exports_them(tiny_config, tmp_path):
+    cfg = _cfg(tiny_config, code_composition="pair_product", epochs=2)
+    result = run_recbole_compress("EODRec", "tiny", config_dict=cfg, read_cmd_line=False, saved=True)
+    checkpoint = load_checkpoint(result["checkpoint"])
+    factors = checkpoint["state_dict"]["item_codebook.pair_factors"]
+    assert factors.shape == (1, 2, 8, 8) and factors[:, 1].abs().max() > 0  # R starts at 0: it was trained
+    exported = export_eodrec(result["checkpoint"], str(tmp_path / "device"))
+    state = torch.load(exported["artifact"], weights_only=True)
+    torch.testing.assert_close(state["pair_factors"], factors)
+    assert state["meta"]["code_composition"] == "pair_product"
+    report = exported["size_report"]
+    assert report["bytes_codebooks"] == (2 * 8 * 8 + 2 * 8 * 8) * 4
+    n_items = state["codes"].shape[0]
+    assert report["paper_compression_ratio"] == pytest.approx(
+        paper_compression_ratio(n_items - 1, 8, 2, 8, extra_floats=128))
+    # the on-device model (eager and scripted) gives the trained model's top 10
+    config, model, trainer, train, valid, test = _student(tiny_config, (checkpoint["config"]["teacher_checkpoint"],
+                                                                        cfg["data_path"]), code_composition="pair_product")
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        reference = model.full_sort_predict(batch)
+        reference[:, 0] = -float("inf")
+        top = reference.topk(10)
+        ours = load_on_device(str(tmp_path / "device"))(batch[model.ITEM_SEQ], 10)
+        theirs = torch.jit.load(exported["scripted"])(batch[model.ITEM_SEQ], 10)
+    torch.testing.assert_close(ours[0], top.values, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours[1], top.indices) and torch.equal(theirs[1], top.indices)
+    # the factors learn at the codebooks' rate
+    groups = {g.get("name"): g for g in trainer.param_groups()}
+    assert any(p is model.item_codebook.pair_factors for p in groups["codebooks"]["params"])

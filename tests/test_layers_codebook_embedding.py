@@ -180,3 +180,96 @@ def test_auto_scorer_uses_pairs_only_on_large_catalogues():
     assert pair_table_width(4, 32) == 2048 and pair_table_width(3, 8) == 72
     assert use_pair_scorer(40728, 4, 32) and not use_pair_scorer(1683, 4, 32)
     assert use_pair_scorer(8 * 72, 3, 8) and not use_pair_scorer(8 * 72 - 1, 3, 8)
+
+
+# -- composition="pair_product" ----------------------------------------------------------------------------------
+
+def _pair_product_layer(n=300, n_dim=8, m=4, k=8, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    layer = CodebookEmbedding(n, n_dim, m, k, composition="pair_product").to(dtype)
+    with torch.no_grad():
+        layer.codebooks.copy_(torch.randn(m, k, n_dim, generator=g, dtype=dtype))
+        layer.pair_factors.copy_(torch.randn(layer.pair_factors.shape, generator=g, dtype=dtype))
+    layer.set_codes(torch.randint(0, k, (n, m), generator=g))
+    return layer
+
+
+def test_pair_product_table_by_hand_and_fresh_layer_composes_like_sum():
+    layer = _pair_product_layer(n=40, n_dim=5, m=5, k=4, dtype=torch.float64)  # odd M: codebook 4 has no partner
+    a, f, c = layer.codebooks, layer.pair_factors, layer.codes.long()
+    loop = torch.stack([sum(a[m, c[v, m]] for m in range(5)) + f[0, 0, c[v, 0]] * f[0, 1, c[v, 1]]
+                        + f[1, 0, c[v, 2]] * f[1, 1, c[v, 3]] for v in range(40)])
+    torch.testing.assert_close(layer.table(), loop, rtol=0, atol=1e-12)
+    ids = torch.tensor([[3, 0], [39, 39]])
+    torch.testing.assert_close(layer(ids), loop[ids], rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.lookup(c[:6]), loop[:6], rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.table_from_onehot(F.one_hot(c, 4).double()), loop, rtol=0, atol=1e-12)
+    # a fresh layer (R = 0) gives exactly the sum of its codewords
+    fresh = CodebookEmbedding(40, 5, 5, 4, composition="pair_product")
+    plain = CodebookEmbedding(40, 5, 5, 4)
+    plain.codebooks.data.copy_(fresh.codebooks.data)
+    for module in (fresh, plain):
+        module.set_codes(c)
+    assert torch.equal(fresh.table(), plain.table())
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("method", ["auto", "pair", "dense", "rebuild"])
+def test_pair_product_fast_scores_equal_naive_scores(m, method):
+    layer = _pair_product_layer(n=900, n_dim=8, m=m, k=4, seed=m, dtype=torch.float64)
+    layer.eval()
+    query = torch.randn(19, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.full_scores(query, method), query @ layer.table().t(), rtol=0, atol=1e-10)
+
+
+def test_pair_product_refuses_scorers_of_a_plain_sum_and_learns_through_the_pair_scorer():
+    layer = _pair_product_layer(n=200, n_dim=8, m=4, k=4)
+    for method in ("embedding_bag", "gather", "sparse"):
+        with pytest.raises(ValueError, match="pair_product"):
+            layer.full_scores(torch.randn(2, 8), method)
+    with pytest.raises(ValueError, match="num_codebooks >= 2"):
+        CodebookEmbedding(10, 4, 1, 4, composition="pair_product")
+    query = torch.randn(5, 8, requires_grad=True)
+    weights = torch.randn(5, 200)
+    grads = {}
+    for method in ("dense", "pair"):
+        layer.zero_grad()
+        query.grad = None
+        (layer.full_scores(query, method) * weights).sum().backward()
+        grads[method] = (query.grad.clone(), layer.codebooks.grad.clone(), layer.pair_factors.grad.clone())
+    for dense, pair in zip(grads["dense"], grads["pair"]):
+        torch.testing.assert_close(pair, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_pair_product_can_rank_two_items_above_their_recombinations_a_sum_cannot():
+    """Items X = (0, 0, 2, 2) and Y = (1, 1, 2, 2) and their within-pair recombinations (0, 1, 2, 2), (1, 0, 2, 2):
+    with a sum of codewords s(X) + s(Y) = s(chimera 1) + s(chimera 2) for every query, so some chimera always scores
+    at least as high as X or Y. The product term can put both items above both chimeras."""
+    codes = torch.tensor([[3, 3, 3, 3], [0, 0, 2, 2], [1, 1, 2, 2], [0, 1, 2, 2], [1, 0, 2, 2]])
+    margins = {}
+    for composition in ("sum", "pair_product"):
+        torch.manual_seed(0)
+        layer = CodebookEmbedding(5, 8, 4, 4, composition=composition)
+        layer.set_codes(codes)
+        query = torch.randn(1, 8)
+        optimizer = torch.optim.Adam(layer.parameters(), lr=0.05)
+        for _ in range(300):
+            scores = layer.full_scores(query, "pair")[0]
+            margin = scores[1:3].min() - scores[3:5].max()
+            optimizer.zero_grad()
+            F.softplus(1.0 - margin).backward()
+            optimizer.step()
+        with torch.no_grad():
+            scores = layer.full_scores(query, "pair")[0]
+            margins[composition] = float(scores[1:3].min() - scores[3:5].max())
+    assert margins["sum"] <= 1e-5
+    assert margins["pair_product"] > 0.5
+
+
+def test_pair_product_sizes_count_the_factors():
+    layer = CodebookEmbedding(1001, 128, 4, 32, composition="pair_product")
+    assert layer.storage_bytes()["pair_factors"] == 2 * 2 * 32 * 128 * 4
+    # 1,000 items: 1000*128 / (4*32*128 + 4*1000 + 2*2*32*128)
+    assert layer.compression_ratio() == pytest.approx(128000 / (16384 + 4000 + 16384))
+    assert paper_compression_ratio(1000, 128, 4, 32, extra_floats=16384) == pytest.approx(layer.compression_ratio())

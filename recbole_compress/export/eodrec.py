@@ -5,7 +5,8 @@
 writes into the output folder
 
 - ``eodrec_on_device.pt``: the artifact, loadable with ``torch.load(weights_only=True)``: ``codes``
-  (``|V|+1 x M``, uint8 when ``K <= 256``), ``codebooks`` (``M x K x N`` float32), the backbone's tensors (position
+  (``|V|+1 x M``, uint8 when ``K <= 256``), ``codebooks`` (``M x K x N`` float32; with ``code_composition:
+  pair_product`` also ``pair_factors``, ``M//2 x 2 x K x N``), the backbone's tensors (position
   table, LayerNorm, transformer, soft-attention readout) and ``meta`` (sizes). No teacher, no code encoder, no
   distillation heads: those only serve training.
 - ``eodrec_on_device.torchscript.pt``: the same model as a scripted :class:`EODRecOnDevice` (``torch.jit.load``
@@ -22,16 +23,18 @@ import json
 import math
 import os
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from recbole_compress.model.layers.codebook_embedding import (
+    add_pair_interactions,
     code_dtype,
     pair_columns,
     pair_tables,
+    pair_interaction_rows,
     paper_compression_ratio,
     use_pair_scorer,
 )
@@ -143,7 +146,7 @@ class EODRecOnDevice(nn.Module):
     """
 
     def __init__(self, meta: Dict, codes: torch.Tensor, codebooks: torch.Tensor, backbone: Dict[str, torch.Tensor],
-                 score_rows: int = 8):
+                 score_rows: int = 8, pair_factors: Optional[torch.Tensor] = None):
         super().__init__()
         self.n_items = int(meta["n_items"])
         self.num_codebooks = int(meta["num_codebooks"])
@@ -151,7 +154,12 @@ class EODRecOnDevice(nn.Module):
         self.hidden_size = int(meta["hidden_size"])
         self.score_rows = int(score_rows)
         self.score_chunk = 128
-        self.use_pair = bool(use_pair_scorer(self.n_items, self.num_codebooks, self.codebook_size))
+        # ``code_composition: pair_product``: M//2 x 2 x K x N factors (none: 0 x 2 x K x N)
+        if pair_factors is None:
+            pair_factors = codebooks.new_zeros(0, 2, self.codebook_size, self.hidden_size)
+        self.register_buffer("pair_factors", pair_factors.detach().clone().float())
+        self.has_products = pair_factors.shape[0] > 0
+        self.use_pair = bool(use_pair_scorer(self.n_items, self.num_codebooks, self.codebook_size)) or self.has_products
         self.register_buffer("codes", codes.clone())
         # the scorer of CodebookEmbedding's ``auto``: ``pair`` (column of every item in the pair-sum tables) on
         # large catalogues, ``embedding_bag`` on small ones
@@ -169,6 +177,8 @@ class EODRecOnDevice(nn.Module):
         flat = self.codebooks.reshape(-1, self.hidden_size)
         index = self._flat_index()[item_seq]  # B x L x M
         item_emb = F.embedding(index, flat).sum(-2)
+        if self.has_products:
+            item_emb = item_emb + pair_interaction_rows(self.codes.long()[item_seq], self.pair_factors)
         return self.backbone(item_emb, item_seq)
 
     def scores(self, item_seq: torch.Tensor) -> torch.Tensor:
@@ -188,6 +198,8 @@ class EODRecOnDevice(nn.Module):
         for start in range(0, b, self.score_rows):
             end = min(start + self.score_rows, b)
             tables = pair_tables(partial[start:end])
+            if self.has_products:
+                tables = add_pair_interactions(tables, theta[start:end], self.pair_factors)
             block = tables.index_select(1, self.pair_columns[0])
             for g in range(1, self.pair_columns.size(0)):
                 block += tables.index_select(1, self.pair_columns[g])
@@ -216,9 +228,12 @@ def _state_from_model(model):
         "hidden_act": str(cfg["hidden_act"]),
         "layer_norm_eps": float(cfg["layer_norm_eps"]),
         "max_seq_length": int(model.max_seq_length),
+        "code_composition": str(model.item_codebook.composition),
     }
     backbone = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
-    return meta, model.item_codebook.codes.detach().cpu().clone(), model.item_codebook.codebooks.detach().cpu().clone(), backbone
+    layer = model.item_codebook
+    factors = None if layer.pair_factors is None else layer.pair_factors.detach().cpu().clone()
+    return meta, layer.codes.detach().cpu().clone(), layer.codebooks.detach().cpu().clone(), backbone, factors
 
 
 def _state_from_checkpoint(checkpoint):
@@ -238,21 +253,24 @@ def _state_from_checkpoint(checkpoint):
         "hidden_act": str(cfg["hidden_act"]),
         "layer_norm_eps": float(cfg["layer_norm_eps"]),
         "max_seq_length": int(state["backbone.position_embedding.weight"].shape[0]),
+        "code_composition": str(cfg.get("code_composition") or "sum"),
     }
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    return meta, codes, codebooks, backbone
+    return meta, codes, codebooks, backbone, state.get("item_codebook.pair_factors")
 
 
 def _tensor_bytes(tensors):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def size_figures(meta, codes, codebooks, backbone, teacher_bytes=None):
-    """Size figures of an exported student (see :func:`size_report`)."""
+def size_figures(meta, codes, codebooks, backbone, teacher_bytes=None, pair_factors=None):
+    """Size figures of an exported student (see :func:`size_report`); ``pair_factors`` (``code_composition:
+    pair_product``) count with the codebooks."""
     n_items, n, m, k = meta["n_items"], meta["hidden_size"], meta["num_codebooks"], meta["codebook_size"]
     v = n_items - 1
     codes_bytes = codes.numel() * codes.element_size()
-    codebook_bytes = codebooks.numel() * 4
+    extra_floats = 0 if pair_factors is None else pair_factors.numel()
+    codebook_bytes = (codebooks.numel() + extra_floats) * 4
     backbone_bytes = _tensor_bytes(backbone.values())
     export_bytes = codes_bytes + codebook_bytes + backbone_bytes
     dense_table_bytes = n_items * n * 4
@@ -262,12 +280,13 @@ def size_figures(meta, codes, codebooks, backbone, teacher_bytes=None):
         "M (num_codebooks)": m,
         "K (codebook_size)": k,
         "N (hidden_size)": n,
-        "paper_compression_ratio": paper_compression_ratio(v, n, m, k),
+        "paper_compression_ratio": paper_compression_ratio(v, n, m, k, extra_floats),
         "paper_compression_upper_bound (N/M)": n / m,
         "codes_dtype": str(codes.dtype).replace("torch.", ""),
         "bytes_codes": codes_bytes,
         "bytes_codes_bitpacked": math.ceil(n_items * m * bits / 8),
-        "bytes_codebooks": codebook_bytes,
+        "bytes_codebooks": codebook_bytes,  # with the pair factors, if any
+        "code_composition": meta.get("code_composition", "sum"),
         "bytes_backbone": backbone_bytes,
         "bytes_export": export_bytes,
         "bytes_item_table_dense": dense_table_bytes,
@@ -295,8 +314,9 @@ def size_report(model):
     from recbole_compress.profiling import state_dict_bytes
 
     teacher = getattr(model, "teacher", None)
-    meta, codes, codebooks, backbone = _state_from_model(model)
-    return size_figures(meta, codes, codebooks, backbone, state_dict_bytes(teacher) if teacher is not None else None)
+    meta, codes, codebooks, backbone, factors = _state_from_model(model)
+    return size_figures(meta, codes, codebooks, backbone, state_dict_bytes(teacher) if teacher is not None else None,
+                        factors)
 
 
 def export_eodrec(model_or_checkpoint, output_dir, script=True):
@@ -309,24 +329,27 @@ def export_eodrec(model_or_checkpoint, output_dir, script=True):
         from recbole_compress.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(model_or_checkpoint)
-        meta, codes, codebooks, backbone = _state_from_checkpoint(checkpoint)
+        meta, codes, codebooks, backbone, factors = _state_from_checkpoint(checkpoint)
         if int(checkpoint["state_dict"].get("stage_flag", torch.tensor(1))) != 1:
             print("warning: the checkpoint is from stage one (codes not frozen yet)", file=sys.stderr)
-        report = size_figures(meta, codes, codebooks, backbone)
+        report = size_figures(meta, codes, codebooks, backbone, pair_factors=factors)
     else:
-        meta, codes, codebooks, backbone = _state_from_model(model_or_checkpoint)
+        meta, codes, codebooks, backbone, factors = _state_from_model(model_or_checkpoint)
         report = size_report(model_or_checkpoint)
     if codes.dtype != code_dtype(meta["codebook_size"]):
         codes = codes.to(code_dtype(meta["codebook_size"]))
     os.makedirs(output_dir, exist_ok=True)
     artifact = os.path.join(output_dir, ARTIFACT)
-    torch.save({"format": FORMAT, "meta": meta, "codes": codes, "codebooks": codebooks.float(),
-                "backbone": backbone}, artifact)
+    state = {"format": FORMAT, "meta": meta, "codes": codes, "codebooks": codebooks.float(), "backbone": backbone}
+    if factors is not None:
+        state["pair_factors"] = factors.float()
+    torch.save(state, artifact)
     report["file_bytes_artifact"] = os.path.getsize(artifact)
     scripted = None
     if script:
         scripted = os.path.join(output_dir, SCRIPTED)
-        torch.jit.save(torch.jit.script(EODRecOnDevice(meta, codes, codebooks, backbone)), scripted)
+        module = EODRecOnDevice(meta, codes, codebooks, backbone, pair_factors=factors)
+        torch.jit.save(torch.jit.script(module), scripted)
         report["file_bytes_torchscript"] = os.path.getsize(scripted)
     with open(os.path.join(output_dir, "size_report.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -340,7 +363,8 @@ def load_on_device(path, script=False):
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not an EODRec on-device artifact (format {FORMAT!r})")
-    module = EODRecOnDevice(state["meta"], state["codes"], state["codebooks"], state["backbone"])
+    module = EODRecOnDevice(state["meta"], state["codes"], state["codebooks"], state["backbone"],
+                            pair_factors=state.get("pair_factors"))
     return torch.jit.script(module) if script else module
 
 

@@ -61,10 +61,10 @@ class EODRecTrainer(DistillationTrainer):
         """Parameter groups of the model's current stage (and of the teacher, when it is trained)."""
         model = self.model
         codebook_lr = self.config["codebook_learning_rate"]
-        slow = [model.item_codebook.codebooks]
+        slow = list(model.item_codebook.parameters())  # the codebooks (and pair factors): the item representation
         if model.stage == "pretrain":
             slow += list(model.code_encoder.parameters())
-        excluded = {id(p) for p in model.code_encoder.parameters()} | {id(model.item_codebook.codebooks)}
+        excluded = {id(p) for p in model.code_encoder.parameters()} | {id(p) for p in model.item_codebook.parameters()}
         fast = [p for p in model.parameters() if id(p) not in excluded]
         groups = [{"params": fast}, {"params": slow, "lr": codebook_lr, "name": "codebooks"}]
         teacher = model.teacher

@@ -8,6 +8,18 @@ Every item ``v`` owns a code of ``M`` integers ``C[v] = (C[v, 0], ..., C[v, M-1]
 
 Only the ``M * K * N`` codebook floats and the ``|V| x M`` code matrix are stored (uint8 codes when ``K <= 256``).
 
+With ``composition="pair_product"`` the codebooks taken two at a time, ``(0, 1), (2, 3), ...``, also contribute an
+elementwise product of two factor vectors (``M/2 * 2 * K * N`` more floats)::
+
+    e_v = sum_m A_m[C[v, m]] + sum_g L_g[C[v, 2g]] * R_g[C[v, 2g+1]]
+
+A sum of codewords makes an item's score a sum of per-codebook terms, so any recombination of the codewords of
+items a user scores highly (a "chimera" that shares, say, its first two codes with one history item and the other
+two with another) scores as high as they do; the product term lets the score of a pair of codes differ from the sum
+of its parts. ``R`` starts at zero, so a fresh layer composes exactly like ``sum``. The ``pair`` scorer stays exact
+and nearly as fast: each user's ``K x K`` pair table gets ``<q, L_g[i] * R_g[j]>``, one ``K x N`` by ``N x K``
+product per pair.
+
 Full-catalogue scoring never needs the ``|V| x N`` table: with the per-codebook partial scores
 ``P[b, m, k] = <q_b, A_m[k]>`` (one ``B x N`` by ``N x MK`` product), ``s[b, v] = sum_m P[b, m, C[v, m]]`` is ``M``
 gathers per item. :meth:`CodebookEmbedding.full_scores` offers several exact formulations of that sum (they differ
@@ -40,15 +52,19 @@ import torch.nn.functional as F
 from torch import nn
 
 SCORE_METHODS = ("auto", "pair", "embedding_bag", "gather", "sparse", "dense", "rebuild")
+COMPOSITIONS = ("sum", "pair_product")
+#: the scorers that are exact for ``composition="pair_product"`` (the others decompose a plain sum only)
+PAIR_PRODUCT_SCORE_METHODS = ("auto", "pair", "dense", "rebuild")
 
 
-def paper_compression_ratio(n_items, hidden_size, num_codebooks, codebook_size):
+def paper_compression_ratio(n_items, hidden_size, num_codebooks, codebook_size, extra_floats=0):
     """The item table's compression ratio as the paper counts it (Eq. 13): ``|V| N / (M K N + M |V|)``.
 
     Each code entry counts as one number, like a float; ``n_items`` is ``|V|`` (real items, without padding).
+    ``extra_floats`` (e.g. the pair factors of ``composition="pair_product"``) are added to the denominator.
     """
     v, n, m, k = n_items, hidden_size, num_codebooks, codebook_size
-    return v * n / (m * k * n + m * v)
+    return v * n / (m * k * n + m * v + extra_floats)
 
 
 def code_dtype(codebook_size):
@@ -137,6 +153,28 @@ def pair_tables(partial: torch.Tensor) -> torch.Tensor:
     return torch.cat(tables, 1)
 
 
+def pair_interaction_rows(codes, factors):
+    """``sum_g L_g[codes[..., 2g]] * R_g[codes[..., 2g+1]]`` for ``factors`` ``G x 2 x K x N`` (``L = factors[:, 0]``,
+    ``R = factors[:, 1]``): shape ``codes.shape[:-1] + (N,)``. TorchScript-able."""
+    size: List[int] = [int(d) for d in codes.shape[:-1]]
+    size.append(factors.size(3))
+    out = torch.zeros(size, dtype=factors.dtype, device=factors.device)
+    for g in range(factors.size(0)):
+        out = out + F.embedding(codes[..., 2 * g], factors[g, 0]) * F.embedding(codes[..., 2 * g + 1], factors[g, 1])
+    return out
+
+
+def add_pair_interactions(tables, query, factors):
+    """Add to the :func:`pair_tables` ``tables`` (``B x width``) of ``query`` (``B x N``) the product terms of
+    ``factors`` (``G x 2 x K x N``): column ``i*K + j`` of pair ``g`` gains ``<q, L_g[i] * R_g[j]>``. In place;
+    returns ``tables``. TorchScript-able."""
+    b, k = query.size(0), factors.size(2)
+    for g in range(factors.size(0)):
+        left = query.unsqueeze(1) * factors[g, 0].unsqueeze(0)  # B x K x N
+        tables[:, g * k * k:(g + 1) * k * k] += torch.matmul(left, factors[g, 1].t()).reshape(b, k * k)
+    return tables
+
+
 class CodebookEmbedding(nn.Module):
     r"""Item embeddings composed from ``M`` codebooks of ``K`` vectors: ``e_v = \sum_m A_m[C[v, m]]``.
 
@@ -146,17 +184,23 @@ class CodebookEmbedding(nn.Module):
         num_codebooks (int): ``M``, codes per item.
         codebook_size (int): ``K``, codewords per codebook.
         score_chunk (int): items per block in the ``embedding_bag`` scorer (cache blocking; any value is exact).
+        composition (str): ``sum`` (the paper) or ``pair_product`` (module docstring; needs ``M >= 2``).
 
     Attributes:
-        codebooks (Parameter): ``M x K x N``, the only float parameters.
+        codebooks (Parameter): ``M x K x N``.
+        pair_factors (Parameter or None): ``M//2 x 2 x K x N`` (``pair_product`` only): ``L_g = pair_factors[g, 0]``
+            (initialised like the codebooks), ``R_g = pair_factors[g, 1]`` (initialised to zero).
         codes (buffer): ``num_embeddings x M`` in the smallest integer dtype (:func:`code_dtype`); set with
             :meth:`set_codes`. Saved in the state_dict. Row 0 (padding) has a code like any other row.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, num_codebooks, codebook_size, score_chunk=128):
+    def __init__(self, num_embeddings, embedding_dim, num_codebooks, codebook_size, score_chunk=128, composition="sum"):
         super().__init__()
         if num_codebooks < 1 or codebook_size < 1:
             raise ValueError(f"num_codebooks and codebook_size must be >= 1, got {num_codebooks}, {codebook_size}")
+        if composition not in COMPOSITIONS or composition == "pair_product" and num_codebooks < 2:
+            raise ValueError(f"composition must be one of {COMPOSITIONS} ('pair_product' needs num_codebooks >= 2), "
+                             f"got {composition!r} with num_codebooks={num_codebooks}")
         self.num_embeddings = int(num_embeddings)
         self.embedding_dim = int(embedding_dim)
         self.num_codebooks = int(num_codebooks)
@@ -164,6 +208,12 @@ class CodebookEmbedding(nn.Module):
         self.score_chunk = int(score_chunk)
         self.codebooks = nn.Parameter(torch.empty(num_codebooks, codebook_size, embedding_dim))
         nn.init.uniform_(self.codebooks, -0.1, 0.1)
+        self.composition = composition
+        self.pair_factors = None
+        if composition == "pair_product":
+            self.pair_factors = nn.Parameter(torch.zeros(num_codebooks // 2, 2, codebook_size, embedding_dim))
+            with torch.no_grad():
+                nn.init.uniform_(self.pair_factors[:, 0], -0.1, 0.1)
         self.register_buffer("codes", torch.zeros(num_embeddings, num_codebooks, dtype=code_dtype(codebook_size)))
         self._index_cache = None
         self._pair_cache = None
@@ -206,15 +256,15 @@ class CodebookEmbedding(nn.Module):
     def _pair_scores(self, query, rows=8):
         partial = self.partial_scores(query)
         columns = self._pair_index()
-        if torch.is_grad_enabled() and (query.requires_grad or self.codebooks.requires_grad):
-            tables = pair_tables(partial)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in (query, *self.parameters())):
+            tables = self._with_interactions(pair_tables(partial), query)
             out = tables.index_select(1, columns[0])
             for col in columns[1:]:
                 out = out + tables.index_select(1, col)
             return out
         out = query.new_empty(query.shape[0], self.num_embeddings)
         for start in range(0, query.shape[0], rows):  # a few users at a time: their group tables stay in cache
-            tables = pair_tables(partial[start:start + rows])
+            tables = self._with_interactions(pair_tables(partial[start:start + rows]), query[start:start + rows])
             block = out[start:start + rows]
             if len(columns) == 1:
                 torch.index_select(tables, 1, columns[0], out=block)
@@ -223,6 +273,11 @@ class CodebookEmbedding(nn.Module):
             for col in columns[2:]:
                 block += tables.index_select(1, col)
         return out
+
+    def _with_interactions(self, tables, query):
+        if self.pair_factors is None:
+            return tables
+        return add_pair_interactions(tables, query, self.pair_factors)
 
     def _column_index(self):
         self.flat_index()
@@ -235,19 +290,28 @@ class CodebookEmbedding(nn.Module):
     # -- embeddings ------------------------------------------------------------------------------------------------
     def lookup(self, codes):
         """Composite embeddings of explicit codes (``... x M`` integers): ``sum_m A_m[codes[..., m]]``."""
+        codes = codes.long()
         offsets = torch.arange(self.num_codebooks, device=codes.device) * self.codebook_size
         flat = self.codebooks.reshape(-1, self.embedding_dim)
-        return F.embedding(codes.long() + offsets, flat).sum(-2)
+        return self._add_products(F.embedding(codes + offsets, flat).sum(-2), codes)
+
+    def _add_products(self, summed, codes):
+        """``summed`` plus the pair products of ``codes`` (``pair_product``), else ``summed``."""
+        if self.pair_factors is None:
+            return summed
+        return summed + pair_interaction_rows(codes, self.pair_factors)
 
     def forward(self, item_ids):
         """Composite embeddings of ``item_ids`` (any shape) from the stored codes: ``item_ids.shape + (N,)``."""
         index = self.flat_index()[item_ids]
-        return F.embedding(index, self.codebooks.reshape(-1, self.embedding_dim)).sum(-2)
+        summed = F.embedding(index, self.codebooks.reshape(-1, self.embedding_dim)).sum(-2)
+        return summed if self.pair_factors is None else self._add_products(summed, self.codes.long()[item_ids])
 
     def table(self):
         """The full composite table ``num_embeddings x N`` (gather-sum over the stored codes)."""
         flat = self.codebooks.reshape(-1, self.embedding_dim)
-        return F.embedding_bag(self.flat_index(), flat, mode="sum")
+        summed = F.embedding_bag(self.flat_index(), flat, mode="sum")
+        return summed if self.pair_factors is None else self._add_products(summed, self.codes.long())
 
     @property
     def weight(self):
@@ -260,7 +324,13 @@ class CodebookEmbedding(nn.Module):
         Differentiable in ``onehot``: the straight-through Gumbel codes of :class:`GumbelCodeEncoder` reach the
         encoder through here."""
         n = onehot.shape[0]
-        return onehot.reshape(n, -1) @ self.codebooks.reshape(-1, self.embedding_dim)
+        summed = onehot.reshape(n, -1) @ self.codebooks.reshape(-1, self.embedding_dim)
+        if self.pair_factors is None:
+            return summed
+        for g in range(self.pair_factors.shape[0]):
+            left, right = self.pair_factors[g, 0], self.pair_factors[g, 1]
+            summed = summed + (onehot[:, 2 * g] @ left) * (onehot[:, 2 * g + 1] @ right)
+        return summed
 
     # -- scoring ---------------------------------------------------------------------------------------------------
     def partial_scores(self, query):
@@ -283,9 +353,9 @@ class CodebookEmbedding(nn.Module):
         return self._csr_cache[1]
 
     def _cached_table(self):
-        if self.training or torch.is_grad_enabled() and self.codebooks.requires_grad:
+        if self.training or torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return self.table()
-        key = (self._key(), self.codebooks.data_ptr(), self.codebooks._version)
+        key = (self._key(), *((p.data_ptr(), p._version) for p in self.parameters()))
         if self._table_cache is None or self._table_cache[0] != key:
             self._table_cache = (key, self.table().detach())
         return self._table_cache[1]
@@ -299,7 +369,10 @@ class CodebookEmbedding(nn.Module):
         """
         if method == "auto":
             use_pair = use_pair_scorer(self.num_embeddings, self.num_codebooks, self.codebook_size)
-            method = "pair" if use_pair else "embedding_bag"
+            method = "pair" if use_pair else ("embedding_bag" if self.pair_factors is None else "dense")
+        if self.pair_factors is not None and method not in PAIR_PRODUCT_SCORE_METHODS:
+            raise ValueError(f"score method {method!r} decomposes a plain sum of codewords; with composition "
+                             f"'pair_product' use one of {', '.join(PAIR_PRODUCT_SCORE_METHODS)}")
         if method == "pair":
             return self._pair_scores(query)
         if method == "dense":
@@ -329,20 +402,26 @@ class CodebookEmbedding(nn.Module):
 
     # -- size ------------------------------------------------------------------------------------------------------
     def storage_bytes(self):
-        """Bytes of what a device stores: ``{'codebooks': 4*M*K*N (float32), 'codes': n*M*itemsize}``."""
-        return {
+        """Bytes of what a device stores: ``{'codebooks': 4*M*K*N (float32), 'codes': n*M*itemsize}``, and
+        ``'pair_factors'`` (float32) with ``composition="pair_product"``."""
+        sizes = {
             "codebooks": self.codebooks.numel() * self.codebooks.element_size(),
             "codes": self.codes.numel() * self.codes.element_size(),
         }
+        if self.pair_factors is not None:
+            sizes["pair_factors"] = self.pair_factors.numel() * self.pair_factors.element_size()
+        return sizes
 
     def compression_ratio(self, skip_padding=True):
         """:func:`paper_compression_ratio` of this table (``|V| = num_embeddings - 1`` when ``skip_padding``)."""
         v = self.num_embeddings - (1 if skip_padding else 0)
-        return paper_compression_ratio(v, self.embedding_dim, self.num_codebooks, self.codebook_size)
+        extra = 0 if self.pair_factors is None else self.pair_factors.numel()
+        return paper_compression_ratio(v, self.embedding_dim, self.num_codebooks, self.codebook_size, extra)
 
     def bits_per_code(self):
         return max(1, math.ceil(math.log2(self.codebook_size)))
 
     def extra_repr(self):
         return (f"{self.num_embeddings}, {self.embedding_dim}, num_codebooks={self.num_codebooks}, "
-                f"codebook_size={self.codebook_size}, codes={str(self.codes.dtype).replace('torch.', '')}")
+                f"codebook_size={self.codebook_size}, codes={str(self.codes.dtype).replace('torch.', '')}, "
+                f"composition={self.composition}")

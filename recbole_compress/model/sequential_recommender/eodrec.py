@@ -76,6 +76,11 @@ Departures from the paper, and why (the measurements behind each default are in 
       authors' code divides a mean over all entries by ``|V|`` again (``mse_reduction: code``).
     - The readout averages valid positions only and keeps the authors' ``tanh`` (see EODRecTeacher).
     - Codebooks are initialised U(-0.1, 0.1) (the authors' code leaves them uninitialised).
+    - ``code_composition: pair_product`` (opt-in, not in the paper): the codebooks taken two at a time also add the
+      elementwise product of two factor vectors (:class:`CodebookEmbedding`). With a sum of codewords the score is a
+      sum of per-codebook terms, and recombinations of a session's codewords score like its items; on session data,
+      where many targets repeat a session item, such "chimeras" outrank the repeated item (docs/EODRec.md). The
+      collision repair ranks the free codes by the codewords' sum alone (the product term is left out of that search).
     - Stage one starts with ``code_fit_steps`` (2000) autoencoder updates on the teacher's table alone (4,096 rows
       per step), with the Gumbel temperature decaying from ``code_fit_tau_start`` (1.0) to the paper's 0.3: the
       paper's stage one makes ~3,500 encoder updates per Tmall epoch at batch 100, RecBole's batch sizes a few
@@ -94,6 +99,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole_compress.model.layers.code_assignment import fit_codebooks, resolve_collisions
 from recbole_compress.model.layers.code_encoder import GumbelCodeEncoder, fit_codes
 from recbole_compress.model.layers.codebook_embedding import (
+    COMPOSITIONS,
+    PAIR_PRODUCT_SCORE_METHODS,
     SCORE_METHODS,
     CodebookEmbedding,
     code_dtype,
@@ -107,7 +114,7 @@ from recbole_compress.model.sequential_recommender.eodrecteacher import (
     SoftAttentionTransformer,
     init_backbone_weights,
 )
-from recbole_compress.config_keys import DataRule, Key, Phase
+from recbole_compress.config_keys import DataRule, Key, Phase, Relation
 from recbole_compress.errors import ConfigError
 
 STAGES = ("pretrain", "distill")
@@ -131,6 +138,7 @@ EODREC_KEYS = BACKBONE_KEYS + (
     _weight("teacher_rec_weight"),
     Key("num_codebooks", int, low=1),
     Key("codebook_size", int, low=2),
+    Key("code_composition", str, choices=COMPOSITIONS, neutral="sum"),
     Key("code_encoder_hidden", int, low=1, none_ok=True),
     Key("gumbel_tau", float, low=0, low_open=True),
     Key("code_freeze_mode", str, choices=CODE_FREEZE_MODES),
@@ -153,6 +161,19 @@ EODREC_KEYS = BACKBONE_KEYS + (
     Key("soft_kd_reduction", str, choices=KL_REDUCTIONS[:2]),
     _share("hot_ratio"),
     Key("score_method", str, choices=SCORE_METHODS),
+)
+
+
+EODREC_RELATIONS = BACKBONE_RELATIONS + (
+    Relation(("code_composition", "num_codebooks"), lambda c: c["num_codebooks"] >= 2,
+             "code_composition 'pair_product' multiplies codewords of codebooks taken two at a time: it needs "
+             "num_codebooks >= 2", when=lambda c: c["code_composition"] == "pair_product"),
+    Relation(("code_composition", "score_method"), lambda c: c["score_method"] in PAIR_PRODUCT_SCORE_METHODS,
+             f"with code_composition 'pair_product' score_method must be one of {PAIR_PRODUCT_SCORE_METHODS} (the "
+             f"others decompose a plain sum of codewords)", when=lambda c: c["code_composition"] == "pair_product"),
+    Relation(("code_composition", "codebook_refit"), lambda c: not c["codebook_refit"],
+             "codebook_refit (a least-squares fit of a sum of codewords) needs code_composition 'sum'",
+             when=lambda c: c["code_composition"] == "pair_product"),
 )
 
 
@@ -197,7 +218,7 @@ class EODRec(SequentialRecommender):
     # the teacher is trained first (teacher_<key> configures it); its item table must have the student's width
     phases = (Phase("teacher_", "EODRecTeacher", inherit=("hidden_size",), match=("hidden_size",)),)
     config_keys = EODREC_KEYS
-    config_relations = BACKBONE_RELATIONS
+    config_relations = EODREC_RELATIONS
     data_rules = (DataRule("codebook_size", codebook_size_problem),)
 
     def __init__(self, config, dataset):
@@ -230,7 +251,8 @@ class EODRec(SequentialRecommender):
         self.init_range = config["init_range"]
 
         # on-device parts: codebooks + codes, backbone
-        self.item_codebook = CodebookEmbedding(self.n_items, self.hidden_size, self.num_codebooks, self.codebook_size)
+        self.item_codebook = CodebookEmbedding(self.n_items, self.hidden_size, self.num_codebooks, self.codebook_size,
+                                               composition=config["code_composition"])
         self.backbone = SoftAttentionTransformer(config, self.max_seq_length)
         # training-only parts: the code encoder (stage one) and the distillation heads (stage two)
         self.code_encoder = GumbelCodeEncoder(
@@ -526,20 +548,24 @@ class EODRec(SequentialRecommender):
 
     # -- reports ---------------------------------------------------------------------------------------------------
     def on_device_parameters(self):
-        """Named tensors a device needs: the codebooks and the backbone (codes are separate, integers)."""
-        named = {"item_codebook.codebooks": self.item_codebook.codebooks}
+        """Named tensors a device needs: the codebooks (and pair factors) and the backbone (codes are separate,
+        integers)."""
+        named = {f"item_codebook.{k}": v for k, v in self.item_codebook.named_parameters()}
         named.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
         return named
 
     def param_breakdown(self):
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-        return {
+        breakdown = {
             "codebooks": self.item_codebook.codebooks.numel(),
             "code_entries (integers, not parameters)": self.item_codebook.codes.numel(),
             "backbone": count(self.backbone),
             "code_encoder (training only)": count(self.code_encoder),
             "kd_heads (training only)": count(self.kd_heads),
         }
+        if self.item_codebook.pair_factors is not None:
+            breakdown["pair_factors"] = self.item_codebook.pair_factors.numel()
+        return breakdown
 
     def benchmark_report(self):
         """The code statistics, the stage and the scorer (the benchmark adds the compression figures of
