@@ -28,8 +28,9 @@ from recbole.utils import InputType, ModelType
 
 from recbole_compress import properties_path
 from recbole_compress.checkpoint import from_plain
+from recbole_compress.config_keys import Key, declared
 from recbole_compress.errors import ConfigError
-from recbole_compress.registry import get_model
+from recbole_compress.registry import get_model, get_trainer
 
 
 class Config(RecBoleConfig):
@@ -161,4 +162,14 @@ def config_from_plain(plain):
     config.model = final["model"]
     config.dataset = final["dataset"]
     config.model_class = get_model(final["model"])
+    _fill_neutral_keys(final, config.model_class)
     return config
+
+
+def _fill_neutral_keys(final, model_class):
+    """Keys of ``model_class`` (and its trainer) added after a checkpoint was saved take their ``neutral`` value,
+    the one with which the model behaves as it did before the key existed."""
+    for owner in (model_class, get_trainer(model_class.type, model_class)):
+        for key in declared(owner, "config_keys"):
+            if key.name not in final and key.neutral is not Key.NO_NEUTRAL:
+                final[key.name] = key.neutral

@@ -716,3 +716,17 @@ def test_pair_product_student_learns_its_factors_and_exports_them(tiny_config, t
     # the factors learn at the codebooks' rate
     groups = {g.get("name"): g for g in trainer.param_groups()}
     assert any(p is model.item_codebook.pair_factors for p in groups["codebooks"]["params"])
+
+
+def test_a_checkpoint_saved_before_code_composition_existed_restores_as_a_sum(tiny_config):
+    from recbole_compress.checkpoint import config_to_plain
+    from recbole_compress.config import config_from_plain
+
+    result = run_recbole_compress("EODRec", "tiny", config_dict=_cfg(tiny_config, epochs=1), read_cmd_line=False,
+                                  saved=True)
+    plain = load_checkpoint(result["checkpoint"])["config"]
+    old = {k: v for k, v in plain.items() if k not in ("code_composition", "num_codebooks")}
+    config = config_from_plain(old)
+    assert config["code_composition"] == "sum"  # the neutral value: the model as it was before the key
+    assert "num_codebooks" not in config.final_config_dict  # a key without a neutral value is not invented
+    assert config_to_plain(config_from_plain(plain))["code_composition"] == "sum"

@@ -57,3 +57,19 @@ def test_the_probe_scores_every_user_and_flags_the_repeats():
     # above user 2's target: item 2 (history), item 3 (no code shared, code 3 not in the history) and item 4 =
     # (1, 2), its codes both the history's (shares one code with the target: "other")
     assert summary["history"] == 0.5 and summary["other"] == 1.0 and summary["other_coverage"] == pytest.approx(0.5)
+
+
+def test_the_oracle_demotes_chimeras_and_splits_them_by_pair_coverage():
+    # M = 4, K = 4; history items 1 = (0, 0, 1, 1) and 2 = (2, 2, 3, 3); target 1 (a repeat)
+    codes = torch.tensor([[0, 0, 0, 0],
+                          [0, 0, 1, 1], [2, 2, 3, 3],
+                          [0, 0, 3, 3],    # 3: pairs (0,0) of item 1 and (3,3) of item 2: a pair-covered chimera
+                          [0, 2, 1, 1],    # 4: all four codes in the history, pair (0,2) in none: another chimera
+                          [0, 0, 1, 2],    # 5: three of four codes covered, pair (1,2) in none: another chimera
+                          [1, 1, 1, 1],    # 6: two of four covered: not a chimera
+                          [0, 0, 1, 1]])   # 7: same code as the target, not in the history: a chimera, pair-covered
+    scores = torch.tensor([[50.0, 1.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0]])
+    ranks = repeat_probe.demotion_oracle(scores, torch.tensor([1]), torch.tensor([[0, 1, 2]]), codes, 4)
+    # above the target: 2 (history), 3, 4, 5, 6, 7 -> rank 6; chimeras 3, 4, 5, 7; pair-covered 3, 7
+    assert {rule: int(r) for rule, r in ranks.items()} == {
+        "as scored": 6, "chimeras demoted": 2, "pair-covered chimeras demoted": 4, "other chimeras demoted": 4}
