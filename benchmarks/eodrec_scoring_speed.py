@@ -8,7 +8,8 @@ Everything is timed in one process, interleaved, on the same test users (the fir
 
 - *scoring only*: from the session representations of the batch, the teacher's dense ``theta @ X.T`` against each
   exact codebook scorer of :class:`CodebookEmbedding` (``pair``, ``embedding_bag``, ``gather``, ``sparse``, ``dense`` = the
-  cached composite table, ``rebuild`` = the composite table rebuilt on every call);
+  cached composite table, ``rebuild`` = the composite table rebuilt on every call; a ``code_composition:
+  pair_product`` student: ``auto``, ``pair``, ``dense``, ``rebuild``, the scorers exact for it);
 - *end to end*: ``full_sort_predict`` of the teacher against the student's with each scorer (backbone included).
 
 Ratios are the teacher's time divided by the student's (above 1: the student is faster). Each scorer's largest
@@ -19,7 +20,7 @@ import sys
 
 import torch
 
-from recbole_compress.model.layers.codebook_embedding import SCORE_METHODS
+from recbole_compress.model.layers.codebook_embedding import PAIR_PRODUCT_SCORE_METHODS, SCORE_METHODS
 from recbole_compress.profiling import interleaved_times, report_json
 
 
@@ -44,6 +45,11 @@ def user_batches(test_data, n_users, n_batches):
             if len(batches) >= n_batches:
                 return batches
     return batches
+
+
+def exact_methods(layer):
+    """The scorers that are exact for this layer's composition (a ``pair_product`` layer refuses the others)."""
+    return SCORE_METHODS if layer.pair_factors is None else PAIR_PRODUCT_SCORE_METHODS
 
 
 def _scoring_times(model, teacher, batches, repeats):
@@ -71,11 +77,11 @@ def _scoring_times(model, teacher, batches, repeats):
     exactness = {}
     with torch.no_grad():
         reference = [t @ layer.table().t() for t in theta_s]
-        for method in SCORE_METHODS:
+        for method in exact_methods(layer):
             exactness[method] = max(float((layer.full_scores(t, method) - r).abs().max())
                                     for t, r in zip(theta_s, reference))
     fns = {"teacher_dense": dense_teacher}
-    fns.update({f"student_{m}": scorer(m) for m in SCORE_METHODS})
+    fns.update({f"student_{m}": scorer(m) for m in exact_methods(layer)})
     return interleaved_times(fns, repeats=repeats, warmup=1), exactness
 
 
@@ -91,7 +97,7 @@ def _end_to_end_times(model, teacher, batches, repeats):
         return run
 
     fns = {"teacher_full_sort_predict": predict(teacher)}
-    fns.update({f"student_{m}": predict(model, m) for m in SCORE_METHODS})
+    fns.update({f"student_{m}": predict(model, m) for m in exact_methods(model.item_codebook)})
     return interleaved_times(fns, repeats=repeats, warmup=1)
 
 
