@@ -700,8 +700,8 @@ def test_pair_product_student_learns_its_factors_and_exports_them(tiny_config, t
     assert report["paper_compression_ratio"] == pytest.approx(
         paper_compression_ratio(n_items - 1, 8, 2, 8, extra_floats=128))
     # the on-device model (eager and scripted) gives the trained model's top 10
-    config, model, trainer, train, valid, test = _student(tiny_config, (checkpoint["config"]["teacher_checkpoint"],
-                                                                        cfg["data_path"]), code_composition="pair_product")
+    teacher = (checkpoint["config"]["teacher_checkpoint"], cfg["data_path"])
+    config, model, trainer, train, valid, test = _student(tiny_config, teacher, code_composition="pair_product")
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     batch = next(iter(test))[0]

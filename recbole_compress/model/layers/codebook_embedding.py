@@ -289,7 +289,8 @@ class CodebookEmbedding(nn.Module):
 
     # -- embeddings ------------------------------------------------------------------------------------------------
     def lookup(self, codes):
-        """Composite embeddings of explicit codes (``... x M`` integers): ``sum_m A_m[codes[..., m]]``."""
+        """Composite embeddings of explicit codes (``... x M`` integers): ``sum_m A_m[codes[..., m]]`` (plus the pair
+        products with ``pair_product``)."""
         codes = codes.long()
         offsets = torch.arange(self.num_codebooks, device=codes.device) * self.codebook_size
         flat = self.codebooks.reshape(-1, self.embedding_dim)
