@@ -178,7 +178,7 @@ class EODRecOnDevice(nn.Module):
         index = self._flat_index()[item_seq]  # B x L x M
         item_emb = F.embedding(index, flat).sum(-2)
         if self.has_products:
-            item_emb = item_emb + pair_interaction_rows(self.codes.long()[item_seq], self.pair_factors)
+            item_emb = item_emb + pair_interaction_rows(self.codes[item_seq].long(), self.pair_factors)
         return self.backbone(item_emb, item_seq)
 
     def scores(self, item_seq: torch.Tensor) -> torch.Tensor:

@@ -306,7 +306,7 @@ class CodebookEmbedding(nn.Module):
         """Composite embeddings of ``item_ids`` (any shape) from the stored codes: ``item_ids.shape + (N,)``."""
         index = self.flat_index()[item_ids]
         summed = F.embedding(index, self.codebooks.reshape(-1, self.embedding_dim)).sum(-2)
-        return summed if self.pair_factors is None else self._add_products(summed, self.codes.long()[item_ids])
+        return summed if self.pair_factors is None else self._add_products(summed, self.codes[item_ids].long())
 
     def table(self):
         """The full composite table ``num_embeddings x N`` (gather-sum over the stored codes)."""
