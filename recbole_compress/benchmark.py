@@ -693,7 +693,8 @@ class Results:
         ``docs/benchmarks/<plan>.json``) whose label and settings match an entry of this plan. A training whose
         checkpoint is not on this machine is reused for its accuracy and for the timing that run measured (if any),
         unless an entry of this plan takes its checkpoint (``"@label"``) and this run trains: that one trains again.
-        A run that only reports (``training=False``) takes it as it is."""
+        A run that only reports (``training=False``) takes every matching training so, with the timing its run
+        measured, whether or not the checkpoint is here: the same files give the same table on every machine."""
         path = source if os.path.isfile(source) else os.path.join(source, "results.json")
         if not os.path.isfile(path):
             raise ConfigError(f"--reuse_from={source!r}: neither a results file nor a folder with results.json")
@@ -709,7 +710,7 @@ class Results:
             if (entry is None or entry["label"] != owner or not same_defaults(run, entry) or run.get("error")
                     or key in self.runs):
                 continue
-            if not os.path.isfile(run.get("checkpoint") or ""):
+            if not training or not os.path.isfile(run.get("checkpoint") or ""):
                 if owner in taken:
                     continue
                 run = dict(run, checkpoint=None, reused_from=path, reused_timing=earlier_timing(saved, run, plan))
