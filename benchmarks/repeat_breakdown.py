@@ -10,7 +10,7 @@ student scoring from shared codewords may find hard) or on new items? Rows are r
 ``results.json`` files (several may be given, e.g. one per seed; their runs are merged) and must share the test
 users; the histories come from the dataset rebuilt from the first of those runs' checkpoints found on this machine.
 Each group's ratio has the benchmark's interval (:func:`recbole_compress.intervals.ratio_interval`, over seeds and
-users), so the groups' figures can be compared with the row's overall one.
+users), and so has the last row, all users: the overall ratio against any row given as --counterpart.
 """
 import argparse
 import json
@@ -98,6 +98,8 @@ def main(argv=None):
     repeats = repeats_of(found)
     rows = group_breakdown([mine[s]["test_ranks"] for s in seeds], [theirs[s]["test_ranks"] for s in seeds],
                            repeats.astype(int), ["new item", "repeat"])
+    rows += group_breakdown([mine[s]["test_ranks"] for s in seeds], [theirs[s]["test_ranks"] for s in seeds],
+                            np.zeros(len(repeats), dtype=int), ["all"])
     print(f"{args.label} against {counterpart}, seeds {', '.join(seeds)}")
     print("| test item | test users | share | NDCG@10 | counterpart | ratio [95 % CI] |")
     print("|---|---|---|---|---|---|")

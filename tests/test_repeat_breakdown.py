@@ -74,5 +74,7 @@ def test_the_script_finds_the_repeat_users_of_the_data_and_splits_the_rows_by_th
     assert "Row against Base, seeds 2020" in table
     assert f"| new item | {60 - len(expected)} |" in table and "| 0.000 [0.000, 0.000] |" in table
     assert f"| repeat | {len(expected)} |" in table and "| 1.000 [1.000, 1.000] |" in table
+    share = len(expected) / 60  # every user: the repeat users' NDCG@10 is 1, the others' 0, the counterpart's 1
+    assert f"| all | 60 | 100.0% | {share:.4f} | 1.0000 | {share:.3f} [" in table
     with pytest.raises(SystemExit, match="--label 'Nope'"):
         breakdown.main([str(path), "--label", "Nope"])
