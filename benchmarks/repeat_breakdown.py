@@ -96,10 +96,9 @@ def main(argv=None):
     if found is None:
         raise SystemExit("none of the rows' checkpoints is on this machine: the test histories cannot be rebuilt")
     repeats = repeats_of(found)
-    rows = group_breakdown([mine[s]["test_ranks"] for s in seeds], [theirs[s]["test_ranks"] for s in seeds],
-                           repeats.astype(int), ["new item", "repeat"])
-    rows += group_breakdown([mine[s]["test_ranks"] for s in seeds], [theirs[s]["test_ranks"] for s in seeds],
-                            np.zeros(len(repeats), dtype=int), ["all"])
+    ranks, counterpart_ranks = [mine[s]["test_ranks"] for s in seeds], [theirs[s]["test_ranks"] for s in seeds]
+    rows = group_breakdown(ranks, counterpart_ranks, repeats.astype(int), ["new item", "repeat"])
+    rows += group_breakdown(ranks, counterpart_ranks, np.zeros(len(repeats), dtype=int), ["all"])
     print(f"{args.label} against {counterpart}, seeds {', '.join(seeds)}")
     print("| test item | test users | share | NDCG@10 | counterpart | ratio [95 % CI] |")
     print("|---|---|---|---|---|---|")
